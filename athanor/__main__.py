@@ -1,0 +1,5 @@
+import sys
+
+from athanor.cli import main
+
+sys.exit(main())

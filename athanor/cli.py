@@ -1,0 +1,168 @@
+"""The `athanor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from athanor.errors import AthanorError
+
+DESCRIPTION = "Athanor: autonomous-lab campaigns for materials discovery."
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from athanor.campaign import execute, prepare
+    from athanor.report import format_summary
+
+    store, spec = prepare(args.config, args.out, resume=args.resume, seed=args.seed,
+                          max_experiments=args.max_experiments, approval=args.approval,
+                          ray_address=args.ray_address)
+    bar = tqdm(total=spec.budget.experiments, desc=spec.campaign, unit="exp", disable=args.quiet or None)
+
+    def on_progress(samples: list[dict[str, Any]]) -> None:
+        states = Counter(s["state"] for s in samples)
+        done = states["learned"] + states["failed"]
+        bar.set_postfix(in_lab=sum(states[k] for k in ("approved", "planned", "synthesized", "characterized")),
+                        waiting=sum(s["awaiting_approval"] for s in samples), failed=states["failed"], refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        summary = execute(store, spec, args.out, on_progress=on_progress)
+    finally:
+        bar.close()
+    print(format_summary(summary))
+    print(f"outputs in {Path(args.out).resolve()}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from athanor.spec import load_campaign
+
+    spec = load_campaign(args.config)
+    print(f"{args.config}: ok — campaign {spec.campaign!r}, {len(spec.space.input_names)} inputs, "
+          f"{len(spec.objectives)} objective(s), budget {spec.budget.experiments} experiments")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from athanor.campaign import open_run
+    from athanor.report import summarize
+
+    store, spec = open_run(args.dir)
+    samples = store.samples()
+    states = Counter(s["state"] for s in samples)
+    ended = [e for e in store.events(kind="campaign_event") if e.event == "ended"]
+    status = ended[-1].status if ended and len(ended) >= 1 else "running or interrupted"
+    summary = summarize(store, spec, status)
+    report = {"campaign": spec.campaign, "campaign_id": store.campaign_id, "status": status,
+              "states": dict(states), "awaiting_approval": [s["id"] for s in samples if s["awaiting_approval"]],
+              "approvals": store.approvals(), "best": summary["best"], "wall_s": summary["wall_s"]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"campaign {spec.campaign} ({store.campaign_id}): {status}")
+    print("samples: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) if states else "samples: none yet")
+    if report["awaiting_approval"]:
+        print("awaiting approval: " + " ".join(report["awaiting_approval"]))
+    for a in report["approvals"]:
+        if a["channel"] != "policy":
+            verdict = "approved" if a["approved"] else f"rejected ({a['reason']})"
+            print(f"  {a['sample_id']} {verdict} by {a['decided_by']} via {a['channel']} at {a['decided_at']}")
+    if summary["best"]:
+        print(f"best: {summary['best']['sample_id']} {summary['best']['objectives']}")
+    return 0
+
+
+def _decide(args: argparse.Namespace, approve: bool) -> int:
+    from athanor.approval import current_user, decide
+    from athanor.campaign import open_run
+
+    store, _ = open_run(args.dir)
+    ids = decide(store, args.sample_ids, approve, current_user(args.user), getattr(args, "reason", "") or "")
+    print(f"{'approved' if approve else 'rejected'}: {' '.join(ids)} (the conductor logs the decision)")
+    return 0
+
+
+def _schema(_args: argparse.Namespace) -> int:
+    from athanor.messages import json_schema
+
+    print(json_schema())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="athanor", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a campaign")
+    run.add_argument("config", help="campaign file (YAML)")
+    run.add_argument("--out", default=None, help="run folder (default: runs/<campaign>)")
+    run.add_argument("--resume", action="store_true", help="continue the campaign stored in --out")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--max-experiments", type=int, help="override the file's experiment budget")
+    run.add_argument("--approval", choices=["auto", "always"], help="override the file's approval policy")
+    run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_run)
+
+    validate = sub.add_parser("validate", help="check a campaign file; exit 2 on any problem")
+    validate.add_argument("config")
+    validate.set_defaults(func=_validate)
+
+    status = sub.add_parser("status", help="the state of a stored campaign")
+    status.add_argument("dir")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+
+    approve = sub.add_parser("approve", help="approve waiting proposals")
+    approve.add_argument("dir")
+    approve.add_argument("sample_ids", nargs="+", metavar="SAMPLE_ID")
+    approve.add_argument("--user")
+    approve.set_defaults(func=lambda a: _decide(a, True))
+
+    reject = sub.add_parser("reject", help="reject a waiting proposal")
+    reject.add_argument("dir")
+    reject.add_argument("sample_ids", nargs="+", metavar="SAMPLE_ID")
+    reject.add_argument("--reason", required=True)
+    reject.add_argument("--user")
+    reject.set_defaults(func=lambda a: _decide(a, False))
+
+    schema = sub.add_parser("schema", help="print the message protocol's JSON Schema")
+    schema.set_defaults(func=_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "run" and args.out is None:
+        from athanor.spec import load_campaign
+
+        try:
+            args.out = str(Path("runs") / load_campaign(args.config).campaign)
+        except AthanorError as exc:
+            print(f"athanor: error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return args.func(args)
+    except AthanorError as exc:
+        print(f"athanor: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("athanor: interrupted; the store keeps everything measured (resume with --resume)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- a bug: one line on screen, the traceback in a file
+        log = Path.cwd() / "athanor-error.log"
+        log.write_text(traceback.format_exc())
+        print(f"athanor: internal error: {type(exc).__name__}: {exc} (traceback in {log})", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

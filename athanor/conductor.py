@@ -1,0 +1,272 @@
+"""The conductor: drives every sample through its lifecycle, keeping the instruments busy.
+
+An asyncio loop in the driver process. It asks the designer for a new batch while earlier batches are
+still in the lab (passing them as pending points), pushes each approved sample through plan →
+synthesize → characterize → learn as its own task, and consumes operators' commands from the inbox.
+It alone appends to the log: before a step it writes the intent, after it the result, so a resumed
+campaign knows exactly which steps to run again.
+
+Determinism: batch `b` is designed from the samples of batches ≤ b − parallel_batches only, and only
+once those are finished, so the same seed gives the same campaign however the steps interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable
+
+from pydantic import ValidationError
+
+from athanor.messages import (
+    ApprovalDecision,
+    ApprovalRequest,
+    CampaignEvent,
+    CharacterizationRequest,
+    DesignProposal,
+    DesignRequest,
+    Fault,
+    Message,
+    ModelUpdate,
+    StepIntent,
+    SynthesisRequest,
+    parse_message,
+    to_wire,
+)
+from athanor.runtime import Agents, error_line
+from athanor.spec import Campaign
+from athanor.store import TERMINAL, Store
+
+ACTIVE = ("approved", "planned", "synthesized", "characterized")
+POLL_S = 0.25  # how often the inbox is read while nothing else happens
+
+
+class Conductor:
+    def __init__(self, spec: Campaign, store: Store, agents: Agents, previous_wall_s: float = 0.0,
+                 on_progress: Callable[[list[dict[str, Any]]], None] | None = None):
+        self.spec = spec
+        self.store = store
+        self.agents = agents
+        self.sender = "conductor"
+        self.previous_wall_s = previous_wall_s
+        self.on_progress = on_progress
+        self.stop_reason: str | None = None
+        self.status_if_stopped = "completed"
+        self._started = time.monotonic()
+
+    # --- the loop ---------------------------------------------------------------------------
+    async def run(self) -> str:
+        resumed = self.store.count_events("campaign_event") > 0
+        self._log(CampaignEvent(**self._env(), event="resumed" if resumed else "started",
+                                detail={"budget": self.spec.budget.experiments,
+                                        "approval": self.spec.approval.policy}))
+        tasks: dict[str, asyncio.Task[None]] = {}
+        design: asyncio.Task[None] | None = None
+        while True:
+            self._consume_inbox()
+            samples = self.store.samples()
+            if self.on_progress:
+                self.on_progress(samples)
+            self._check_wall_time()
+            for s in samples:
+                if s["state"] in ACTIVE and s["id"] not in tasks:
+                    tasks[s["id"]] = asyncio.create_task(self._advance(s["id"]))
+            if design is None and self._may_design(samples):
+                design = asyncio.create_task(self._design(samples))
+            if design is None and not tasks and self._finished(samples):
+                break
+            waiting = [*tasks.values(), *([design] if design else [])]
+            if waiting:
+                await asyncio.wait(waiting, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(POLL_S)
+            for sample_id in [k for k, t in tasks.items() if t.done()]:
+                tasks.pop(sample_id).result()  # a bug in the conductor itself should not pass silently
+            if design is not None and design.done():
+                design.result()
+                design = None
+        status = self._status(samples)
+        self._log(CampaignEvent(**self._env(), event="ended", status=status,
+                                detail={"reason": self.stop_reason or "budget met"}))
+        return status
+
+    def elapsed(self) -> float:
+        return self.previous_wall_s + time.monotonic() - self._started
+
+    def _check_wall_time(self) -> None:
+        limit = self.spec.budget.wall_time_s
+        if limit is not None and self.stop_reason is None and self.elapsed() > limit:
+            self.stop_reason, self.status_if_stopped = f"wall-time budget of {limit:g} s spent", "stopped"
+
+    def _used(self, samples: list[dict[str, Any]]) -> int:
+        return sum(s["state"] != "rejected" for s in samples)
+
+    def _may_design(self, samples: list[dict[str, Any]]) -> bool:
+        if self.stop_reason or self._used(samples) >= self.spec.budget.experiments:
+            return False
+        q, lag = self.spec.batch_size, self.spec.parallel_batches
+        open_ = [s for s in samples if s["state"] not in TERMINAL]
+        if len(open_) >= q * lag:
+            return False
+        batch = self._next_batch(samples)
+        return all(s["state"] in TERMINAL or s["awaiting_approval"] for s in samples if s["batch"] <= batch - lag)
+
+    def _finished(self, samples: list[dict[str, Any]]) -> bool:
+        if any(s["state"] in ACTIVE for s in samples):
+            return False
+        if self.stop_reason:
+            return True
+        waiting = any(s["state"] == "proposed" for s in samples)
+        return not waiting and self._used(samples) >= self.spec.budget.experiments
+
+    def _status(self, samples: list[dict[str, Any]]) -> str:
+        return self.status_if_stopped if self.stop_reason else "completed"
+
+    @staticmethod
+    def _next_batch(samples: list[dict[str, Any]]) -> int:
+        return max((s["batch"] for s in samples), default=-1) + 1
+
+    # --- design and approval ----------------------------------------------------------------
+    async def _design(self, samples: list[dict[str, Any]]) -> None:
+        batch = self._next_batch(samples)
+        cutoff = batch - self.spec.parallel_batches
+        known = [s for s in samples if (s["batch"] <= cutoff and s["state"] in TERMINAL) or s["state"] == "rejected"]
+        known_ids = {s["id"] for s in known}
+        pending = [s for s in samples if s["id"] not in known_ids]
+        n = min(self.spec.batch_size, self.spec.budget.experiments - self._used(samples))
+        request = DesignRequest(**self._env(), n=n, batch=batch, history_ids=[s["id"] for s in known],
+                                pending_ids=[s["id"] for s in pending])
+        self._log(request)
+        reply = await self._call(
+            "design", None, lambda: self.agents.designer.propose.remote(
+                to_wire(request), [_observation(s) for s in known], [_observation(s) for s in pending]))
+        if not isinstance(reply, DesignProposal):
+            self._log(reply if isinstance(reply, Fault) else Fault(
+                **self._env(), step="design", error=f"designer answered {reply.kind}", fatal_for_sample=False))
+            self.stop_reason, self.status_if_stopped = "the designer failed", "failed"
+            return
+        self._register(reply, samples)
+
+    def _register(self, proposal: DesignProposal, samples: list[dict[str, Any]]) -> None:
+        claimed = {s["pool_index"] for s in samples if s["pool_index"] is not None and s["state"] != "rejected"}
+        candidates = []
+        for c in proposal.candidates:
+            if c.pool_index is not None and c.pool_index in claimed:  # a pool row is measured at most once
+                self._log(Fault(**self._env(), step="design", fatal_for_sample=False,
+                                error=f"designer proposed pool row {c.pool_index} again; dropped"))
+                continue
+            claimed.add(c.pool_index)
+            candidates.append(c.model_copy(update={"sample_id": f"S{len(samples) + len(candidates) + 1:04d}"}))
+        if not candidates:
+            self.stop_reason, self.status_if_stopped = "the design space is exhausted", "exhausted"
+            return
+        proposal = proposal.model_copy(update={"candidates": candidates})
+        self._log(proposal)
+        for c in candidates:
+            env = self._env(c.sample_id, proposal.id)
+            if self.spec.approval.policy == "auto":
+                self._log(ApprovalDecision(**env, approved=True, decided_by="policy:auto", channel="policy"))
+            else:
+                self._log(ApprovalRequest(**env, policy=self.spec.approval.policy,
+                                          reason="every proposal waits for an operator"))
+
+    def _consume_inbox(self) -> None:
+        for command in self.store.take_commands():
+            sample_id = command.get("sample_id")
+            sample = self.store.sample(sample_id) if sample_id else None
+            action = command.get("action")
+            if action not in ("approve", "reject") or sample is None or not sample["awaiting_approval"]:
+                self._log(Fault(**self._env(), step="approval", fatal_for_sample=False,
+                                error=f"ignored {action} of {sample_id}: it is not awaiting approval"))
+                continue
+            self._log(ApprovalDecision(**self._env(sample_id), approved=action == "approve",
+                                       decided_by=command.get("user", "unknown"),
+                                       channel=command.get("channel", "cli"), reason=command.get("reason", "")))
+
+    # --- one sample through the lab ---------------------------------------------------------
+    async def _advance(self, sample_id: str) -> None:
+        sample = self.store.sample(sample_id)
+        while sample is not None and sample["state"] in ACTIVE:
+            step = {"approved": self._plan, "planned": self._synthesize,
+                    "synthesized": self._characterize, "characterized": self._learn}[sample["state"]]
+            await step(sample)
+            sample = self.store.sample(sample_id)
+
+    async def _plan(self, s: dict[str, Any]) -> None:
+        request = SynthesisRequest(**self._env(s["id"]), inputs=s["inputs"], pool_index=s["pool_index"])
+        self._intent(s["id"], "plan", "planner")
+        self._log(request)
+        reply = await self._call("plan", s["id"], lambda: self.agents.planner.plan.remote(to_wire(request)))
+        self._log(reply)
+
+    async def _synthesize(self, s: dict[str, Any]) -> None:
+        key = self._intent(s["id"], "synthesize", self.agents.synthesizer_name)
+        raw = await self._call_raw("synthesize", s["id"], lambda: self.agents.synthesizer.run.remote(s["recipe"], key))
+        if isinstance(raw, Fault):
+            self._log(raw)
+            return
+        self._log(self._checked(raw["message"], "synthesize", s["id"]), raw["documents"])
+
+    async def _characterize(self, s: dict[str, Any]) -> None:
+        request = CharacterizationRequest(**self._env(s["id"]), product=s["product"], probe=self.agents.probe_name)
+        key = self._intent(s["id"], "characterize", self.agents.probe_name)
+        self._log(request)
+        raw = await self._call_raw("characterize", s["id"], lambda: self.agents.probe.run.remote(to_wire(request), key))
+        if isinstance(raw, Fault):
+            self._log(raw)
+            return
+        if raw["message"] is not None:  # the probe itself failed
+            self._log(self._checked(raw["message"], "characterize", s["id"]), raw["documents"])
+            return
+        reply = await self._call("characterize", s["id"], lambda: self.agents.characterizer.interpret.remote(
+            s["id"], request.id, self.agents.probe_name, raw["documents"], raw["duration_s"]))
+        self._log(reply, raw["documents"])
+
+    async def _learn(self, s: dict[str, Any]) -> None:
+        self._intent(s["id"], "learn", "learner")
+        samples = [x for x in self.store.samples() if x["state"] in ("characterized", "learned")]
+        reply = await self._call("learn", s["id"], lambda: self.agents.learner.update.remote(s["id"], None, samples))
+        self._log(reply)
+        if isinstance(reply, ModelUpdate) and reply.recommend_stop and not self.stop_reason:
+            self.stop_reason, self.status_if_stopped = reply.reason, "target_met"
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _env(self, sample_id: str | None = None, causation_id: str | None = None) -> dict[str, Any]:
+        return {"campaign_id": self.store.campaign_id, "sample_id": sample_id,
+                "causation_id": causation_id, "sender": self.sender}
+
+    def _log(self, message: Message, documents: Any = ()) -> None:
+        self.store.append(message, documents)
+
+    def _intent(self, sample_id: str, step: str, target: str) -> str:
+        key = f"{self.store.campaign_id}:{sample_id}:{step}"
+        self._log(StepIntent(**self._env(sample_id), step=step, idempotency_key=key, target=target))
+        return key
+
+    async def _call_raw(self, step: str, sample_id: str | None, call: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await call()
+        except Exception as exc:  # noqa: BLE001 -- a crashed actor fails the step, not the campaign
+            return Fault(**self._env(sample_id), step=step, error=error_line(exc))
+
+    async def _call(self, step: str, sample_id: str | None, call: Callable[[], Awaitable[Any]]) -> Message:
+        raw = await self._call_raw(step, sample_id, call)
+        return raw if isinstance(raw, Fault) else self._checked(raw, step, sample_id)
+
+    def _checked(self, wire: Any, step: str, sample_id: str | None) -> Message:
+        """Validate a reply; a malformed one, or one about another sample, becomes a Fault."""
+        try:
+            message = parse_message(wire)
+        except (ValidationError, TypeError) as exc:
+            return Fault(**self._env(sample_id), step=step, error=f"malformed reply: {error_line(exc)}")
+        if message.sample_id != sample_id:
+            if isinstance(message, Fault):
+                return message.model_copy(update={"sample_id": sample_id})
+            return Fault(**self._env(sample_id), step=step,
+                         error=f"reply about sample {message.sample_id}, expected {sample_id}")
+        return message
+
+
+def _observation(sample: dict[str, Any]) -> dict[str, Any]:
+    return {"inputs": sample["inputs"], "values": sample["values"], "pool_index": sample["pool_index"],
+            "failed": sample["state"] in ("failed", "rejected")}

@@ -1,0 +1,208 @@
+"""The protocol: every message the agents, instruments and conductor exchange.
+
+Frozen pydantic models in one union discriminated by ``kind``. Each carries the envelope (who sent
+it, about which sample, caused by which message, when, under which protocol version), so the event
+log alone tells the campaign's whole story.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+PROTOCOL_VERSION = "1.0"
+
+InputValue = float | int | str
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    protocol: Literal["1.0"] = PROTOCOL_VERSION
+    id: str = Field(default_factory=new_id)
+    campaign_id: str
+    sample_id: str | None = None
+    causation_id: str | None = None
+    sender: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    mean: float
+    sd: float
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    inputs: dict[str, InputValue]
+    sample_id: str | None = None  # assigned by the conductor when it registers the proposal
+    pool_index: int | None = None
+    acquisition_value: float | None = None
+    predicted: dict[str, Prediction] = {}
+    rationale: str = ""
+
+
+class CampaignEvent(Envelope):
+    """Start, resume, pause and end of a campaign, with the status it ended in."""
+
+    kind: Literal["campaign_event"] = "campaign_event"
+    event: Literal["started", "resumed", "paused", "ended"]
+    status: str | None = None
+    detail: dict[str, Any] = {}
+
+
+class DesignRequest(Envelope):
+    kind: Literal["design_request"] = "design_request"
+    n: int = Field(ge=1)
+    batch: int = Field(ge=0)
+    history_ids: list[str] = []
+    pending_ids: list[str] = []
+
+
+class DesignProposal(Envelope):
+    kind: Literal["design_proposal"] = "design_proposal"
+    batch: int = Field(ge=0)
+    strategy: str
+    model_version: str | None = None
+    candidates: list[Candidate]
+
+
+class ApprovalRequest(Envelope):
+    kind: Literal["approval_request"] = "approval_request"
+    policy: str
+    reason: str
+
+
+class ApprovalDecision(Envelope):
+    kind: Literal["approval_decision"] = "approval_decision"
+    approved: bool
+    decided_by: str
+    channel: Literal["policy", "cli", "chat", "web"]
+    reason: str = ""
+
+
+class StepIntent(Envelope):
+    """Written before a step is dispatched; the key makes a re-dispatch after a crash idempotent."""
+
+    kind: Literal["step_intent"] = "step_intent"
+    step: Literal["plan", "synthesize", "characterize", "learn"]
+    idempotency_key: str
+    target: str
+
+
+class SynthesisRequest(Envelope):
+    kind: Literal["synthesis_request"] = "synthesis_request"
+    inputs: dict[str, InputValue]
+    pool_index: int | None = None
+
+
+class SynthesisRecipe(Envelope):
+    kind: Literal["synthesis_recipe"] = "synthesis_recipe"
+    route: str
+    inputs: dict[str, InputValue]
+    pool_index: int | None = None
+    precursors: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = []
+
+
+class SynthesisResult(Envelope):
+    kind: Literal["synthesis_result"] = "synthesis_result"
+    instrument: str
+    product: dict[str, Any]
+    run_uids: list[str] = []
+    duration_s: float = 0.0
+
+
+class CharacterizationRequest(Envelope):
+    kind: Literal["characterization_request"] = "characterization_request"
+    product: dict[str, Any]
+    probe: str
+
+
+class Measurement(Envelope):
+    kind: Literal["measurement"] = "measurement"
+    instrument: str
+    values: dict[str, float]
+    uncertainties: dict[str, float] = {}
+    run_uids: list[str] = []
+    duration_s: float = 0.0
+
+    @field_validator("values")
+    @classmethod
+    def _finite(cls, values: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"non-finite reading for {', '.join(map(repr, bad))}")
+        return values
+
+
+class ModelUpdate(Envelope):
+    kind: Literal["model_update"] = "model_update"
+    model_version: str
+    n_train: int
+    metrics: dict[str, float] = {}
+    best: dict[str, Any] = {}
+    recommend_stop: bool = False
+    reason: str = ""
+
+
+class Fault(Envelope):
+    """Something went wrong; the sample (if any) is failed and kept, the campaign goes on."""
+
+    kind: Literal["fault"] = "fault"
+    step: str
+    error: str
+    fatal_for_sample: bool = True
+
+
+Message = Annotated[
+    Union[
+        CampaignEvent,
+        DesignRequest,
+        DesignProposal,
+        ApprovalRequest,
+        ApprovalDecision,
+        StepIntent,
+        SynthesisRequest,
+        SynthesisRecipe,
+        SynthesisResult,
+        CharacterizationRequest,
+        Measurement,
+        ModelUpdate,
+        Fault,
+    ],
+    Field(discriminator="kind"),
+]
+
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def parse_message(data: dict[str, Any] | str) -> Message:
+    """Validate a message received from another process (dict or JSON)."""
+    if isinstance(data, str):
+        return MESSAGE_ADAPTER.validate_json(data)
+    return MESSAGE_ADAPTER.validate_python(data)
+
+
+def to_wire(message: BaseModel) -> dict[str, Any]:
+    """The JSON-compatible form a message travels in between actors and into the store."""
+    return message.model_dump(mode="json")
+
+
+def json_schema() -> str:
+    return json.dumps(MESSAGE_ADAPTER.json_schema(), indent=2)

@@ -1,0 +1,43 @@
+"""Plug-ins by entry point: a lab adds its own strategies and worlds without forking.
+
+Entry-point groups ``athanor.strategies`` and ``athanor.worlds``; the built-ins are listed here too,
+so a source checkout works before it is installed.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any
+
+from athanor.errors import AthanorError
+
+BUILTIN = {
+    "athanor.strategies": {
+        "random": "athanor.planners.random:RandomStrategy",
+        "sobol": "athanor.planners.random:SobolStrategy",
+    },
+    "athanor.worlds": {
+        "replay": "athanor.simulators.replay:ReplayWorld",
+    },
+}
+
+
+def available(group: str) -> dict[str, str]:
+    found = dict(BUILTIN[group])
+    found.update({ep.name: ep.value for ep in entry_points(group=group)})
+    return found
+
+
+def load(group: str, name: str) -> Any:
+    targets = available(group)
+    if name not in targets:
+        kind = group.split(".")[-1][:-1]
+        raise AthanorError(f"unknown {kind} {name!r}; known: {', '.join(sorted(targets))}")
+    module, _, attr = targets[name].partition(":")
+    return getattr(import_module(module), attr)
+
+
+def make_world(spec: Any) -> Any:
+    """The campaign's world, built from its spec (every world offers `from_campaign`)."""
+    return load("athanor.worlds", spec.world.kind).from_campaign(spec)

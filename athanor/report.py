@@ -1,0 +1,126 @@
+"""What a run leaves in its folder: summary.json, results.csv and plots/progress.png."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from athanor.messages import Measurement, SynthesisResult
+from athanor.objectives import best_sample, utility
+from athanor.spec import Campaign
+from athanor.store import Store
+
+
+def results_table(store: Store, spec: Campaign) -> pd.DataFrame:
+    rows = []
+    outputs = spec.objective_names + [c.name for c in spec.outcome_constraints if c.name not in spec.objective_names]
+    for s in store.samples():
+        row: dict[str, Any] = {"sample_id": s["id"], "batch": s["batch"], "state": s["state"],
+                               "pool_index": s["pool_index"]}
+        row.update({name: s["inputs"].get(name) for name in spec.space.input_names})
+        row.update({name: s["values"].get(name) for name in outputs})
+        row["error"] = s["error"] or ""
+        rows.append(row)
+    columns = ["sample_id", "batch", "state", "pool_index", *spec.space.input_names, *outputs, "error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def instrument_time(store: Store) -> dict[str, float]:
+    busy: dict[str, float] = defaultdict(float)
+    for kind in ("synthesis_result", "measurement"):
+        for m in store.events(kind=kind):
+            assert isinstance(m, (SynthesisResult, Measurement))
+            busy[m.instrument] += m.duration_s
+    return dict(busy)
+
+
+def summarize(store: Store, spec: Campaign, status: str) -> dict[str, Any]:
+    samples = store.samples()
+    best = best_sample(samples, spec.objectives, spec.outcome_constraints)
+    wall = store.wall_time_s()
+    busy = instrument_time(store)
+    n_experiments = sum(s["state"] not in ("proposed", "rejected") for s in samples)
+    bottleneck = max(busy.values(), default=0.0)
+    return {
+        "campaign": spec.campaign,
+        "campaign_id": store.campaign_id,
+        "status": status,
+        "n_experiments": n_experiments,
+        "n_measured": sum(bool(s["values"]) for s in samples),
+        "n_failed": sum(s["state"] == "failed" for s in samples),
+        "n_rejected": sum(s["state"] == "rejected" for s in samples),
+        "n_awaiting_approval": sum(s["awaiting_approval"] for s in samples),
+        "budget": spec.budget.experiments,
+        "best": {"sample_id": best["id"], "inputs": best["inputs"], "objectives": best["values"]} if best else None,
+        "wall_s": round(wall, 3),
+        "instrument_s": {k: round(v, 3) for k, v in busy.items()},
+        # The busiest instrument bounds the wall time; the rest is the platform's own cost.
+        "overhead_per_experiment_s": round((wall - bottleneck) / n_experiments, 4) if n_experiments else None,
+        "seed": spec.seed,
+        "designer": spec.designer.strategy,
+        "world": spec.world.kind,
+    }
+
+
+def plot_progress(samples: list[dict[str, Any]], spec: Campaign, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [s for s in samples if s["values"]]
+    fig, axes = plt.subplots(1, len(spec.objectives), figsize=(5 * len(spec.objectives), 3.6), squeeze=False)
+    for ax, objective in zip(axes[0], spec.objectives):
+        values = [s["values"][objective.name] for s in measured]
+        best, best_so_far = None, []
+        for v in values:
+            if best is None or utility(v, objective) > utility(best, objective):
+                best = v
+            best_so_far.append(best)
+        x = range(1, len(values) + 1)
+        ax.plot(x, values, "o", ms=3, alpha=0.4, label="measured")
+        ax.step(x, best_so_far, where="post", lw=2, label="best so far")
+        if objective.direction == "target":
+            ax.axhspan(objective.target - objective.tolerance, objective.target + objective.tolerance,
+                       alpha=0.15, color="green", label="target")
+        ax.set_xlabel("experiment")
+        ax.set_ylabel(objective.name)
+        ax.set_title(f"{spec.campaign}: {objective.direction}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(store: Store, spec: Campaign, out: Path, status: str) -> dict[str, Any]:
+    summary = summarize(store, spec, status)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    results_table(store, spec).to_csv(out / "results.csv", index=False)
+    plot_progress(store.samples(), spec, out / "plots" / "progress.png")
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The table `athanor run` ends with."""
+    lines = [
+        ("campaign", summary["campaign"]),
+        ("status", summary["status"]),
+        ("experiments", f"{summary['n_experiments']} of {summary['budget']} "
+                        f"({summary['n_measured']} measured, {summary['n_failed']} failed, "
+                        f"{summary['n_rejected']} rejected)"),
+        ("wall time", f"{summary['wall_s']:.1f} s"),
+    ]
+    if summary["overhead_per_experiment_s"] is not None:
+        lines.append(("overhead/experiment", f"{summary['overhead_per_experiment_s'] * 1000:.0f} ms"))
+    best = summary["best"]
+    if best:
+        lines.append(("best sample", best["sample_id"]))
+        lines += [(f"  {k}", f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in best["inputs"].items()]
+        lines += [(f"  -> {k}", f"{v:.6g}") for k, v in best["objectives"].items()]
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)

@@ -1,0 +1,88 @@
+"""The Ray runtime: joins (or starts) a cluster and starts the campaign's agents as actors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from athanor.agents.characterizer import CharacterizerAgent
+from athanor.agents.designer import DesignerAgent
+from athanor.agents.instrument import InstrumentAgent
+from athanor.agents.learner import LearnerAgent
+from athanor.agents.planner import PlannerAgent
+from athanor.errors import AthanorError
+from athanor.spec import Campaign
+
+# Actors wait on instruments and each other far more than they compute, so they take no CPU slot:
+# all six fit on a 2-core machine. A crashed actor is restarted; its step is failed, not retried.
+ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_restarts": 2, "max_task_retries": 0}
+
+
+@dataclass
+class Agents:
+    designer: Any
+    planner: Any
+    characterizer: Any
+    learner: Any
+    synthesizer: Any
+    probe: Any
+    synthesizer_name: str
+    probe_name: str
+
+    def handles(self) -> list[Any]:
+        return [self.designer, self.planner, self.characterizer, self.learner, self.synthesizer, self.probe]
+
+
+def connect(address: str | None = None) -> bool:
+    """Join the cluster at `address`, or start a local one. True if this call started Ray."""
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise AthanorError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    return True
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line of a Ray error that says what went wrong."""
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        exc = exc.cause
+    if isinstance(exc, RayActorError):
+        return "the actor died" + (f": {exc.error_msg.splitlines()[0]}" if getattr(exc, "error_msg", "") else "")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def start_agents(spec: Campaign, campaign_id: str) -> Agents:
+    wire = spec.model_dump(mode="json")
+    synth = spec.instrument("synthesis").name
+    probe = spec.instrument("characterization").name
+
+    def actor(cls: type, *args: Any) -> Any:
+        return ray.remote(cls).options(**ACTOR_OPTIONS).remote(wire, campaign_id, *args)
+
+    agents = Agents(
+        designer=actor(DesignerAgent), planner=actor(PlannerAgent), characterizer=actor(CharacterizerAgent),
+        learner=actor(LearnerAgent), synthesizer=actor(InstrumentAgent, synth), probe=actor(InstrumentAgent, probe),
+        synthesizer_name=synth, probe_name=probe,
+    )
+    try:
+        ray.get([h.ping.remote() for h in agents.handles()])
+    except RayError as exc:
+        stop_agents(agents)
+        raise AthanorError(f"an agent failed to start: {error_line(exc)}") from None
+    return agents
+
+
+def stop_agents(agents: Agents) -> None:
+    for handle in agents.handles():
+        try:
+            ray.kill(handle)
+        except RayError:
+            pass

@@ -1,0 +1,326 @@
+"""The campaign file: what may be made, what is wanted, the budget, and who does the work.
+
+A YAML file validated by pydantic (unknown keys rejected). `load_campaign` reports every problem
+with its field path and the line it sits on, as one `SpecError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from athanor.errors import SpecError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ContinuousParameter(_Strict):
+    type: Literal["continuous"]
+    name: str
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ContinuousParameter:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ValueError(f"bounds cannot be met: low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class IntegerParameter(_Strict):
+    type: Literal["integer"]
+    name: str
+    low: int
+    high: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntegerParameter:
+        if self.low > self.high:
+            raise ValueError(f"bounds cannot be met: low ({self.low}) is above high ({self.high})")
+        return self
+
+
+class CategoricalParameter(_Strict):
+    type: Literal["categorical"]
+    name: str
+    choices: list[str] = Field(min_length=2)
+
+    @field_validator("choices")
+    @classmethod
+    def _unique(cls, choices: list[str]) -> list[str]:
+        if len(set(choices)) != len(choices):
+            raise ValueError("choices must be distinct")
+        return choices
+
+
+Parameter = Annotated[
+    Union[ContinuousParameter, IntegerParameter, CategoricalParameter], Field(discriminator="type")
+]
+
+
+class CompositionSpace(_Strict):
+    """Fractions of named elements that sum to 1, each within its own bounds."""
+
+    elements: dict[str, tuple[float, float]] = Field(min_length=2)
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, elements: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        from pymatgen.core.periodic_table import Element
+
+        unknown = [s for s in elements if not Element.is_valid_symbol(s)]
+        if unknown:
+            raise ValueError(f"unknown element {', '.join(map(repr, unknown))}")
+        for symbol, (low, high) in elements.items():
+            if not 0.0 <= low <= high <= 1.0:
+                raise ValueError(f"bounds of {symbol} must satisfy 0 <= low <= high <= 1, got [{low}, {high}]")
+        lows = sum(lo for lo, _ in elements.values())
+        highs = sum(hi for _, hi in elements.values())
+        if lows > 1.0 + 1e-12 or highs < 1.0 - 1e-12:
+            raise ValueError(
+                f"bounds cannot be met: fractions must sum to 1 but the lower bounds sum to {lows:g} "
+                f"and the upper bounds to {highs:g}"
+            )
+        return elements
+
+
+class PoolSpace(_Strict):
+    """The rows of a tabulated dataset: every row is a possible experiment."""
+
+    dataset: Path
+    inputs: list[str] = Field(min_length=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _resolve(cls, path: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        resolved = path if path.is_absolute() or base is None else (Path(base) / path)
+        resolved = resolved.resolve()
+        if not resolved.is_file():
+            raise ValueError(f"dataset file not found: {resolved}")
+        return resolved
+
+
+class Space(_Strict):
+    parameters: list[Parameter] = []
+    composition: CompositionSpace | None = None
+    pool: PoolSpace | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Space:
+        if self.pool is not None and (self.parameters or self.composition is not None):
+            raise ValueError("a pool space cannot be combined with parameters or a composition")
+        if self.pool is None and not self.parameters and self.composition is None:
+            raise ValueError("the space is empty: give parameters, a composition or a pool")
+        names = self.input_names
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"input names must be unique, repeated: {duplicates}")
+        return self
+
+    @property
+    def input_names(self) -> list[str]:
+        if self.pool is not None:
+            return list(self.pool.inputs)
+        names = [p.name for p in self.parameters]
+        if self.composition is not None:
+            names += list(self.composition.elements)
+        return names
+
+
+class Objective(_Strict):
+    name: str
+    direction: Literal["maximize", "minimize", "target"]
+    target: float | None = None
+    tolerance: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _target(self) -> Objective:
+        if self.direction == "target" and (self.target is None or self.tolerance is None):
+            raise ValueError("a target objective needs both 'target' and 'tolerance'")
+        if self.direction != "target" and self.target is not None:
+            raise ValueError(f"'target' only applies to direction 'target', not {self.direction!r}")
+        return self
+
+
+class OutcomeConstraint(_Strict):
+    name: str
+    lower: float | None = None
+    upper: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> OutcomeConstraint:
+        if self.lower is None and self.upper is None:
+            raise ValueError("give a lower bound, an upper bound or both")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"bounds cannot be met: lower ({self.lower}) is above upper ({self.upper})")
+        return self
+
+
+class Budget(_Strict):
+    experiments: int = Field(ge=1)
+    wall_time_s: float | None = Field(default=None, gt=0)
+
+
+class DesignerSpec(_Strict):
+    strategy: str = "sobol"
+    options: dict[str, Any] = {}
+
+
+class WorldSpec(_Strict):
+    kind: str = "replay"
+    noise: float = Field(default=0.0, ge=0, description="relative sd of multiplicative noise")
+    latency_s: float = Field(default=0.0, ge=0, description="instrument time per step")
+    failure_rate: float = Field(default=0.0, ge=0, lt=1, description="probability a step fails")
+    options: dict[str, Any] = {}
+
+
+class InstrumentSpec(_Strict):
+    name: str
+    role: Literal["synthesis", "characterization"]
+    backend: Literal["simulated"] = "simulated"
+
+
+class ApprovalSpec(_Strict):
+    policy: Literal["auto", "always"] = "auto"
+
+
+def default_instruments() -> list[InstrumentSpec]:
+    return [
+        InstrumentSpec(name="synthesizer", role="synthesis"),
+        InstrumentSpec(name="probe", role="characterization"),
+    ]
+
+
+class Campaign(_Strict):
+    campaign: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    seed: int = 0
+    space: Space
+    objectives: list[Objective] = Field(min_length=1)
+    outcome_constraints: list[OutcomeConstraint] = []
+    budget: Budget
+    batch_size: int = Field(default=4, ge=1)
+    parallel_batches: int = Field(default=2, ge=1, description="batches in flight at once")
+    designer: DesignerSpec = DesignerSpec()
+    world: WorldSpec = WorldSpec()
+    instruments: list[InstrumentSpec] = Field(default_factory=default_instruments)
+    approval: ApprovalSpec = ApprovalSpec()
+    store_url: str | None = None
+    ray_address: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Campaign:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError("objective names must be unique")
+        roles = {i.role for i in self.instruments}
+        if roles != {"synthesis", "characterization"}:
+            raise ValueError("instruments need one 'synthesis' and one 'characterization' role")
+        if len({i.name for i in self.instruments}) != len(self.instruments):
+            raise ValueError("instrument names must be unique")
+        return self
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    def instrument(self, role: str) -> InstrumentSpec:
+        return next(i for i in self.instruments if i.role == role)
+
+
+# --- loading, with every problem reported at its place -------------------------------------------
+
+
+def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The deepest YAML node along a pydantic error location."""
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == str(key)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            child = node.value[key]
+        else:
+            child = None
+        if child is None:
+            break
+        node = child
+    return node
+
+
+def _dataset_problems(spec: Campaign, root: yaml.Node | None, source: str) -> list[str]:
+    """Columns the campaign names must exist in its dataset."""
+    if spec.space.pool is None:
+        return []
+    with open(spec.space.pool.dataset, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), [])
+    problems = []
+    wanted = [(("space", "pool", "inputs", i), c) for i, c in enumerate(spec.space.pool.inputs)]
+    wanted += [(("objectives", i, "name"), o.name) for i, o in enumerate(spec.objectives)]
+    wanted += [(("outcome_constraints", i, "name"), c.name) for i, c in enumerate(spec.outcome_constraints)]
+    for loc, column in wanted:
+        if column not in header:
+            problems.append(
+                _format(source, root, loc, f"column {column!r} is not in {spec.space.pool.dataset.name} "
+                        f"(columns: {', '.join(header)})")
+            )
+    return problems
+
+
+def _format(source: str, root: yaml.Node | None, loc: tuple[Any, ...], message: str) -> str:
+    node = _node_at(root, loc)
+    line = f":{node.start_mark.line + 1}" if node is not None else ""
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    return f"{source}{line}: {path}: {message}"
+
+
+def parse_campaign(text: str, source: str = "<campaign>", base_dir: Path | None = None) -> Campaign:
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise SpecError(source, [f"{source}{where}: malformed YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise SpecError(source, [f"{source}: the campaign file must be a mapping of keys to values"])
+    try:
+        spec = Campaign.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            # Drop the discriminator tag pydantic inserts for tagged unions ("continuous", ...).
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _PARAM_TAGS))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key {loc[-1]!r}"
+            problems.append(_format(source, root, loc, msg))
+        raise SpecError(source, problems) from None
+    problems = _dataset_problems(spec, root, source)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+_PARAM_TAGS = {"continuous", "integer", "categorical"}
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), [f"{path}: no such campaign file"])
+    return parse_campaign(path.read_text(encoding="utf-8"), str(path), base_dir=path.parent)

@@ -1,0 +1,395 @@
+"""The store: an append-only log of messages, and the tables derived from it.
+
+The log is the truth. Every append writes the event and updates the derived tables (samples,
+measurements, approvals, Bluesky documents) in one transaction, so a crash leaves either both or
+neither; `rebuild()` recomputes the derived tables from the log alone. Operators' commands arrive
+in an inbox table that the conductor consumes, so they work whether or not a campaign is running.
+SQLite file by default; any SQLAlchemy URL (``postgresql://...``) otherwise.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterable
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from athanor.errors import AthanorError
+from athanor.messages import (
+    ApprovalDecision,
+    ApprovalRequest,
+    DesignProposal,
+    Fault,
+    Measurement,
+    Message,
+    ModelUpdate,
+    SynthesisRecipe,
+    SynthesisResult,
+    parse_message,
+    to_wire,
+    utcnow,
+)
+
+# The lifecycle of a sample. `failed` and `rejected` are terminal and kept: negative results are data.
+TRANSITIONS: dict[str, set[str]] = {
+    "proposed": {"approved", "rejected", "failed"},
+    "approved": {"planned", "failed"},
+    "planned": {"synthesized", "failed"},
+    "synthesized": {"characterized", "failed"},
+    "characterized": {"learned", "failed"},
+    "learned": set(),
+    "rejected": set(),
+    "failed": set(),
+}
+TERMINAL = {"learned", "rejected", "failed"}
+MEASURED = {"characterized", "learned"}
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class CampaignRow(Base):
+    __tablename__ = "campaigns"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    sample_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    causation_id: Mapped[str | None] = mapped_column(String(64))
+    sender: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    body: Mapped[dict[str, Any]]
+
+
+class SampleRow(Base):
+    __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("campaign_id", "id"),)
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64))
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    batch: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    inputs: Mapped[dict[str, Any]]
+    pool_index: Mapped[int | None] = mapped_column(Integer)
+    candidate: Mapped[dict[str, Any]]
+    awaiting_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    product: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MeasurementRow(Base):
+    __tablename__ = "measurements"
+    # One measurement per sample: a re-dispatched step can never count twice.
+    __table_args__ = (UniqueConstraint("campaign_id", "sample_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sample_id: Mapped[str] = mapped_column(String(64))
+    campaign_id: Mapped[str] = mapped_column(String(64), index=True)
+    instrument: Mapped[str] = mapped_column(String(100))
+    values: Mapped[dict[str, Any]]
+    uncertainties: Mapped[dict[str, Any]]
+    event_id: Mapped[str] = mapped_column(String(64))
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApprovalRow(Base):
+    __tablename__ = "approvals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sample_id: Mapped[str] = mapped_column(String(64), index=True)
+    campaign_id: Mapped[str] = mapped_column(String(64), index=True)
+    approved: Mapped[bool] = mapped_column(Boolean)
+    decided_by: Mapped[str] = mapped_column(String(100))
+    channel: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text)
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    event_id: Mapped[str] = mapped_column(String(64))
+
+
+class DocumentRow(Base):
+    """A Bluesky event-model document, linked to the sample and step whose run produced it."""
+
+    __tablename__ = "documents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(String(64), index=True)
+    sample_id: Mapped[str] = mapped_column(String(64), index=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True)
+    run_uid: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(20))
+    body: Mapped[dict[str, Any]]
+
+
+class InboxRow(Base):
+    __tablename__ = "inbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(String(64), index=True)
+    command: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    consumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+DERIVED = (ApprovalRow, MeasurementRow, SampleRow)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets `athanor approve` write the inbox while the conductor holds the log open.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":  # psycopg 3 is the driver we ship
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = create_engine(parsed, future=True)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Store:
+    def __init__(self, url: str, campaign_id: str):
+        self.url = url
+        self.campaign_id = campaign_id
+        try:
+            self.engine = make_engine(url)
+            Base.metadata.create_all(self.engine)
+        except Exception as exc:  # noqa: BLE001 -- any driver error becomes one clear line
+            raise AthanorError(f"cannot open the store at {url}: {exc}") from None
+
+    # --- campaign ---------------------------------------------------------------------------
+    def register_campaign(self, name: str, spec: dict[str, Any], replace: bool = False) -> None:
+        """Record the campaign's spec; on resume, `replace` keeps the overrides given then."""
+        with Session(self.engine) as s, s.begin():
+            row = s.get(CampaignRow, self.campaign_id)
+            if row is None:
+                s.add(CampaignRow(id=self.campaign_id, name=name, spec=spec, created_at=utcnow()))
+            elif replace:
+                row.spec = spec
+
+    def campaign_spec(self) -> dict[str, Any] | None:
+        with Session(self.engine) as s:
+            row = s.get(CampaignRow, self.campaign_id)
+            return None if row is None else dict(row.spec)
+
+    # --- the log ----------------------------------------------------------------------------
+    def append(self, message: Message, documents: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+        """Log a message, update the derived tables, and keep its Bluesky documents, atomically."""
+        if message.campaign_id != self.campaign_id:
+            raise ValueError(f"message for campaign {message.campaign_id} sent to {self.campaign_id}")
+        with Session(self.engine) as s, s.begin():
+            s.add(
+                EventRow(
+                    id=message.id,
+                    campaign_id=message.campaign_id,
+                    kind=message.kind,
+                    sample_id=message.sample_id,
+                    causation_id=message.causation_id,
+                    sender=message.sender,
+                    created_at=message.created_at,
+                    body=to_wire(message),
+                )
+            )
+            _apply(s, message)
+            for name, doc in documents:
+                s.add(
+                    DocumentRow(
+                        campaign_id=self.campaign_id,
+                        sample_id=message.sample_id,
+                        event_id=message.id,
+                        run_uid=doc.get("run_start") or doc.get("uid", ""),
+                        name=name,
+                        body=doc,
+                    )
+                )
+
+    def events(self, sample_id: str | None = None, kind: str | None = None) -> list[Message]:
+        query = select(EventRow.body).where(EventRow.campaign_id == self.campaign_id)
+        if sample_id is not None:
+            query = query.where(EventRow.sample_id == sample_id)
+        if kind is not None:
+            query = query.where(EventRow.kind == kind)
+        with Session(self.engine) as s:
+            return [parse_message(body) for body in s.scalars(query.order_by(EventRow.seq))]
+
+    def count_events(self, kind: str) -> int:
+        with Session(self.engine) as s:
+            query = select(func.count()).select_from(EventRow)
+            query = query.where(EventRow.campaign_id == self.campaign_id, EventRow.kind == kind)
+            return s.scalar(query) or 0
+
+    def wall_time_s(self) -> float:
+        """Time the campaign has run, summed over its sessions (each from its start to its last event)."""
+        query = (select(EventRow.created_at, EventRow.kind, EventRow.body["event"].as_string())
+                 .where(EventRow.campaign_id == self.campaign_id).order_by(EventRow.seq))
+        total, start, last = 0.0, None, None
+        with Session(self.engine) as s:
+            for created, kind, what in s.execute(query):
+                if kind == "campaign_event" and what in ("started", "resumed"):
+                    if start is not None:
+                        total += (last - start).total_seconds()
+                    start = created
+                last = created
+        return total + ((last - start).total_seconds() if start is not None else 0.0)
+
+    def rebuild(self) -> None:
+        """Recompute the derived tables from the log alone: what resume trusts.
+
+        Bluesky documents are raw data kept beside the event that carried them, not derived.
+        """
+        with Session(self.engine) as s, s.begin():
+            for table in DERIVED:
+                s.query(table).filter(table.campaign_id == self.campaign_id).delete()
+            s.flush()
+            events = s.scalars(
+                select(EventRow.body).where(EventRow.campaign_id == self.campaign_id).order_by(EventRow.seq)
+            )
+            for body in events:
+                _apply(s, parse_message(body))
+                s.flush()
+
+    # --- derived views ----------------------------------------------------------------------
+    def samples(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        query = select(SampleRow).where(SampleRow.campaign_id == self.campaign_id)
+        if states is not None:
+            query = query.where(SampleRow.state.in_(list(states)))
+        with Session(self.engine) as s:
+            rows = s.scalars(query.order_by(SampleRow.seq)).all()
+            values = {
+                m.sample_id: m
+                for m in s.scalars(select(MeasurementRow).where(MeasurementRow.campaign_id == self.campaign_id))
+            }
+            return [_sample_dict(r, values.get(r.id)) for r in rows]
+
+    def sample(self, sample_id: str) -> dict[str, Any] | None:
+        return next((s for s in self.samples() if s["id"] == sample_id), None)
+
+    def approvals(self) -> list[dict[str, Any]]:
+        with Session(self.engine) as s:
+            rows = s.scalars(
+                select(ApprovalRow).where(ApprovalRow.campaign_id == self.campaign_id).order_by(ApprovalRow.id)
+            )
+            return [
+                {"sample_id": r.sample_id, "approved": r.approved, "decided_by": r.decided_by,
+                 "channel": r.channel, "reason": r.reason, "decided_at": r.decided_at.isoformat()}
+                for r in rows
+            ]
+
+    def documents(self, sample_id: str) -> list[dict[str, Any]]:
+        with Session(self.engine) as s:
+            query = select(DocumentRow).where(DocumentRow.campaign_id == self.campaign_id, DocumentRow.sample_id == sample_id)
+            rows = s.scalars(query.order_by(DocumentRow.id))
+            return [{"name": r.name, "run_uid": r.run_uid, "doc": r.body} for r in rows]
+
+    # --- inbox ------------------------------------------------------------------------------
+    def post_command(self, command: dict[str, Any]) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(InboxRow(campaign_id=self.campaign_id, command=command, created_at=utcnow()))
+
+    def take_commands(self) -> list[dict[str, Any]]:
+        with Session(self.engine) as s, s.begin():
+            rows = s.scalars(
+                select(InboxRow)
+                .where(InboxRow.campaign_id == self.campaign_id, InboxRow.consumed_at.is_(None))
+                .order_by(InboxRow.id)
+            ).all()
+            now = utcnow()
+            for row in rows:
+                row.consumed_at = now
+            return [dict(r.command) for r in rows]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sample_dict(row: SampleRow, measurement: MeasurementRow | None) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "seq": row.seq,
+        "batch": row.batch,
+        "state": row.state,
+        "inputs": dict(row.inputs),
+        "pool_index": row.pool_index,
+        "candidate": dict(row.candidate),
+        "awaiting_approval": row.awaiting_approval,
+        "recipe": row.recipe,
+        "product": row.product,
+        "error": row.error,
+        "values": dict(measurement.values) if measurement else {},
+        "uncertainties": dict(measurement.uncertainties) if measurement else {},
+    }
+
+
+def _move(s: Session, campaign_id: str, sample_id: str | None, state: str, **fields: Any) -> SampleRow:
+    row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == campaign_id, SampleRow.id == sample_id))
+    if row is None:
+        raise ValueError(f"no sample {sample_id!r} in the store")
+    if state != row.state and state not in TRANSITIONS[row.state]:
+        raise ValueError(f"sample {sample_id} cannot go from {row.state} to {state}")
+    row.state = state
+    row.updated_at = utcnow()
+    for key, value in fields.items():
+        setattr(row, key, value)
+    return row
+
+
+def _apply(s: Session, m: Message) -> None:
+    """Update the derived tables for one logged message (the only place state changes)."""
+    if isinstance(m, DesignProposal):
+        seq = s.scalar(select(func.count()).select_from(SampleRow).where(SampleRow.campaign_id == m.campaign_id))
+        for i, c in enumerate(m.candidates):
+            s.add(SampleRow(
+                id=c.sample_id, campaign_id=m.campaign_id, seq=(seq or 0) + i, batch=m.batch,
+                state="proposed", inputs=dict(c.inputs), pool_index=c.pool_index,
+                candidate=c.model_dump(mode="json"), awaiting_approval=False, updated_at=m.created_at,
+            ))
+    elif isinstance(m, ApprovalRequest):
+        _move(s, m.campaign_id, m.sample_id, "proposed", awaiting_approval=True)
+    elif isinstance(m, ApprovalDecision):
+        _move(s, m.campaign_id, m.sample_id, "approved" if m.approved else "rejected", awaiting_approval=False,
+              error=None if m.approved else f"rejected by {m.decided_by}: {m.reason}")
+        s.add(ApprovalRow(sample_id=m.sample_id, campaign_id=m.campaign_id, approved=m.approved,
+                          decided_by=m.decided_by, channel=m.channel, reason=m.reason,
+                          decided_at=m.created_at, event_id=m.id))
+    elif isinstance(m, SynthesisRecipe):
+        _move(s, m.campaign_id, m.sample_id, "planned", recipe=to_wire(m))
+    elif isinstance(m, SynthesisResult):
+        _move(s, m.campaign_id, m.sample_id, "synthesized", product=dict(m.product))
+    elif isinstance(m, Measurement):
+        _move(s, m.campaign_id, m.sample_id, "characterized")
+        s.add(MeasurementRow(sample_id=m.sample_id, campaign_id=m.campaign_id, instrument=m.instrument,
+                             values=dict(m.values), uncertainties=dict(m.uncertainties),
+                             event_id=m.id, measured_at=m.created_at))
+    elif isinstance(m, ModelUpdate) and m.sample_id is not None:
+        _move(s, m.campaign_id, m.sample_id, "learned")
+    elif isinstance(m, Fault) and m.sample_id is not None and m.fatal_for_sample:
+        _move(s, m.campaign_id, m.sample_id, "failed", error=f"{m.step}: {m.error}")
+

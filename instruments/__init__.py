@@ -1,0 +1,1 @@
+"""ophyd devices and Bluesky plans: the same plans drive simulated and real instruments."""

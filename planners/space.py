@@ -1,0 +1,89 @@
+"""The design space as strategies see it: a map from the unit hypercube to valid inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from athanor.spec import CategoricalParameter, ContinuousParameter, IntegerParameter, Space
+
+
+def bounded_simplex(weights: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Map points of the probability simplex onto {x : sum x = 1, low <= x <= high}.
+
+    Mass above the lower bounds is shared in proportion to `weights`; an element that would pass its
+    upper bound is capped and its excess shared among the rest (water-filling), so bounds hold
+    exactly and the sum stays 1 to rounding.
+    """
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
+    out = np.empty_like(weights)
+    free_mass = 1.0 - low.sum()
+    for row, w in enumerate(weights):
+        x = low.copy()
+        active = np.ones(len(low), dtype=bool)
+        remaining = free_mass
+        while remaining > 1e-15 and active.any():
+            share = w[active] / w[active].sum() if w[active].sum() > 0 else np.full(active.sum(), 1 / active.sum())
+            room = high[active] - x[active]
+            add = np.minimum(share * remaining, room)
+            x[active] += add
+            remaining -= add.sum()
+            active &= high - x > 1e-15
+        x[np.argmax(high - x)] += 1.0 - x.sum()  # absorb rounding where there is room
+        out[row] = x
+    return out
+
+
+class DesignSpace:
+    """Wraps the campaign's space; for a pool space, also the table of distinct input rows."""
+
+    def __init__(self, space: Space, pool: np.ndarray | None = None):
+        self.space = space
+        self.pool = pool
+        if space.pool is not None and pool is None:
+            raise ValueError("a pool space needs the pool's input rows")
+        self.names = space.input_names
+        self._comp = space.composition
+        if self._comp is not None:
+            bounds = np.array(list(self._comp.elements.values()), dtype=float)
+            self._comp_low, self._comp_high = bounds[:, 0], bounds[:, 1]
+
+    @property
+    def is_pool(self) -> bool:
+        return self.pool is not None
+
+    @property
+    def dim(self) -> int:
+        if self.is_pool:
+            return self.pool.shape[1]
+        return len(self.space.parameters) + (len(self._comp.elements) if self._comp else 0)
+
+    def from_unit(self, u: np.ndarray) -> list[dict[str, Any]]:
+        """Decode points of [0, 1]^dim into input dicts that satisfy every bound of the space."""
+        u = np.clip(np.atleast_2d(u), 0.0, 1.0 - 1e-12)
+        rows: list[dict[str, Any]] = [{} for _ in range(len(u))]
+        for j, p in enumerate(self.space.parameters):
+            for row, value in zip(rows, u[:, j]):
+                if isinstance(p, ContinuousParameter):
+                    row[p.name] = float(p.low + value * (p.high - p.low))
+                elif isinstance(p, IntegerParameter):
+                    row[p.name] = int(p.low + np.floor(value * (p.high - p.low + 1)))
+                elif isinstance(p, CategoricalParameter):
+                    row[p.name] = p.choices[int(np.floor(value * len(p.choices)))]
+        if self._comp is not None:
+            k = len(self.space.parameters)
+            exponential = -np.log1p(-u[:, k:])  # uniform -> Exp(1): normalized, a flat Dirichlet
+            weights = exponential / exponential.sum(axis=1, keepdims=True)
+            fractions = bounded_simplex(weights, self._comp_low, self._comp_high)
+            for row, x in zip(rows, fractions):
+                row.update({el: float(v) for el, v in zip(self._comp.elements, x)})
+        return rows
+
+    def pool_unit(self) -> np.ndarray:
+        """The pool's rows scaled to [0, 1] per column (constant columns map to 0)."""
+        lo, hi = self.pool.min(axis=0), self.pool.max(axis=0)
+        return (self.pool - lo) / np.where(hi > lo, hi - lo, 1.0)
+
+    def pool_inputs(self, index: int) -> dict[str, Any]:
+        return {name: float(v) for name, v in zip(self.names, self.pool[index])}

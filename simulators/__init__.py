@@ -1,0 +1,1 @@
+"""Ground-truth worlds for simulated labs. A world knows nothing of agents or Ray."""
