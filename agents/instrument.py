@@ -51,7 +51,9 @@ class InstrumentAgent(Agent):
         start = time.perf_counter()
         try:
             message = self.receive(request, SynthesisRecipe if self.kind == "synthesis" else CharacterizationRequest)
-            self.device.step_key = key
+            # The world seeds its noise and faults by sample and step, not by campaign id, so the
+            # same seed replays the same campaign.
+            self.device.step_key = f"{message.sample_id}:{self.kind}"
             md = {"sample_id": message.sample_id, "idempotency_key": key, "campaign_id": self.campaign_id}
             if isinstance(message, SynthesisRecipe):
                 self.engine(synthesize(self.device, message.model_dump(mode="json"), md=md))

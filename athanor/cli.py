@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) a campaign")
     run.add_argument("config", help="campaign file (YAML)")
-    run.add_argument("--out", default=None, help="run folder (default: runs/<campaign>)")
+    run.add_argument("--out", default=None, help="run folder (default: runs/<campaign>/<date-time>)")
     run.add_argument("--resume", action="store_true", help="continue the campaign stored in --out")
     run.add_argument("--seed", type=int)
     run.add_argument("--max-experiments", type=int, help="override the file's experiment budget")
@@ -141,14 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "command", None) == "run" and args.out is None:
+    if args.command == "run" and args.out is None and not args.resume:
         from athanor.spec import load_campaign
 
         try:
-            args.out = str(Path("runs") / load_campaign(args.config).campaign)
+            name = load_campaign(args.config).campaign
+            args.out = str(Path("runs") / name / time.strftime("%Y%m%d-%H%M%S"))
         except AthanorError as exc:
             print(f"athanor: error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "run" and args.out is None:
+        print("athanor: error: --resume needs --out DIR, the folder of the campaign to continue", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except AthanorError as exc:
