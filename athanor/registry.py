@@ -23,6 +23,9 @@ BUILTIN = {
 }
 
 
+KIND = {"athanor.strategies": "strategy", "athanor.worlds": "world"}
+
+
 def available(group: str) -> dict[str, str]:
     found = dict(BUILTIN[group])
     found.update({ep.name: ep.value for ep in entry_points(group=group)})
@@ -32,8 +35,7 @@ def available(group: str) -> dict[str, str]:
 def load(group: str, name: str) -> Any:
     targets = available(group)
     if name not in targets:
-        kind = group.split(".")[-1][:-1]
-        raise AthanorError(f"unknown {kind} {name!r}; known: {', '.join(sorted(targets))}")
+        raise AthanorError(f"unknown {KIND[group]} {name!r}; known: {', '.join(sorted(targets))}")
     module, _, attr = targets[name].partition(":")
     return getattr(import_module(module), attr)
 
@@ -41,3 +43,18 @@ def load(group: str, name: str) -> Any:
 def make_world(spec: Any) -> Any:
     """The campaign's world, built from its spec (every world offers `from_campaign`)."""
     return load("athanor.worlds", spec.world.kind).from_campaign(spec)
+
+
+def check_plugins(spec: Any) -> None:
+    """Fail early, with the file's field named, on a strategy or world nobody provides."""
+    from athanor.errors import SpecError
+
+    problems = []
+    for field, group, name in (("designer.strategy", "athanor.strategies", spec.designer.strategy),
+                               ("world.kind", "athanor.worlds", spec.world.kind)):
+        known = available(group)
+        if name not in known:
+            problems.append(f"{field}: unknown {KIND[group]} {name!r}; known: {', '.join(sorted(known))}")
+    if problems:
+        raise SpecError("campaign", problems)
+    make_world(spec)  # a world checks that the campaign suits it (e.g. replay needs a pool space)

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from athanor.errors import SpecError
+from athanor.errors import AthanorError, SpecError
 
 
 class _Strict(BaseModel):
@@ -319,8 +319,19 @@ def parse_campaign(text: str, source: str = "<campaign>", base_dir: Path | None 
 _PARAM_TAGS = {"continuous", "integer", "categorical"}
 
 
-def load_campaign(path: str | Path) -> Campaign:
+def load_campaign(path: str | Path, check_plugins: bool = True) -> Campaign:
+    """Read and validate a campaign file; by default also check its designer and world exist."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(str(path), [f"{path}: no such campaign file"])
-    return parse_campaign(path.read_text(encoding="utf-8"), str(path), base_dir=path.parent)
+    spec = parse_campaign(path.read_text(encoding="utf-8"), str(path), base_dir=path.parent)
+    if check_plugins:
+        from athanor import registry
+
+        try:
+            registry.check_plugins(spec)
+        except SpecError as exc:
+            raise SpecError(str(path), [f"{path}: {p}" for p in exc.problems]) from None
+        except AthanorError as exc:
+            raise SpecError(str(path), [f"{path}: world: {exc}"]) from None
+    return spec
