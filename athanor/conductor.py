@@ -64,6 +64,7 @@ class Conductor:
         design: asyncio.Task[None] | None = None
         while True:
             self._consume_inbox()
+            self._apply_policy(self.store.samples())
             samples = self.store.samples()
             if self.on_progress:
                 self.on_progress(samples)
@@ -160,11 +161,16 @@ class Conductor:
         if not candidates:
             self.stop_reason, self.status_if_stopped = "the design space is exhausted", "exhausted"
             return
-        proposal = proposal.model_copy(update={"candidates": candidates})
-        self._log(proposal)
-        for c in candidates:
-            env = self._env(c.sample_id, proposal.id)
-            if self.spec.approval.policy == "auto":
+        self._log(proposal.model_copy(update={"candidates": candidates}))
+
+    def _apply_policy(self, samples: list[dict[str, Any]]) -> None:
+        """Decide, or ask, for every proposal not yet handled: also those a crash left undecided."""
+        auto = self.spec.approval.policy == "auto"
+        for s in samples:
+            if s["state"] != "proposed" or (s["awaiting_approval"] and not auto):
+                continue
+            env = self._env(s["id"], s["candidate"].get("proposal_id"))
+            if auto:
                 self._log(ApprovalDecision(**env, approved=True, decided_by="policy:auto", channel="policy"))
             else:
                 self._log(ApprovalRequest(**env, policy=self.spec.approval.policy,

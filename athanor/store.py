@@ -369,7 +369,7 @@ def _apply(s: Session, m: Message) -> None:
             s.add(SampleRow(
                 id=c.sample_id, campaign_id=m.campaign_id, seq=(seq or 0) + i, batch=m.batch,
                 state="proposed", inputs=dict(c.inputs), pool_index=c.pool_index,
-                candidate=c.model_dump(mode="json"), awaiting_approval=False, updated_at=m.created_at,
+                candidate={**c.model_dump(mode="json"), "proposal_id": m.id}, awaiting_approval=False, updated_at=m.created_at,
             ))
     elif isinstance(m, ApprovalRequest):
         _move(s, m.campaign_id, m.sample_id, "proposed", awaiting_approval=True)
