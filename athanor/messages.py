@@ -8,12 +8,11 @@ log alone tells the campaign's whole story.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 PROTOCOL_VERSION = "1.0"
 
@@ -28,8 +27,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Every float on the wire is finite: NaN is not JSON, and a NaN reading is a fault, not a value.
+STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
 class Envelope(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = STRICT
 
     protocol: Literal["1.0"] = PROTOCOL_VERSION
     id: str = Field(default_factory=new_id)
@@ -41,13 +44,13 @@ class Envelope(BaseModel):
 
 
 class Prediction(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = STRICT
     mean: float
     sd: float
 
 
 class Candidate(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = STRICT
 
     inputs: dict[str, InputValue]
     sample_id: str | None = None  # assigned by the conductor when it registers the proposal
@@ -141,14 +144,6 @@ class Measurement(Envelope):
     uncertainties: dict[str, float] = {}
     run_uids: list[str] = []
     duration_s: float = 0.0
-
-    @field_validator("values")
-    @classmethod
-    def _finite(cls, values: dict[str, float]) -> dict[str, float]:
-        bad = [name for name, v in values.items() if not math.isfinite(v)]
-        if bad:
-            raise ValueError(f"non-finite reading for {', '.join(map(repr, bad))}")
-        return values
 
 
 class ModelUpdate(Envelope):

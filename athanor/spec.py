@@ -247,13 +247,14 @@ class Campaign(_Strict):
 # --- loading, with every problem reported at its place -------------------------------------------
 
 
-def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The deepest YAML node along a pydantic error location."""
-    for key in loc:
+def _node_at(node: yaml.Node | None, loc: tuple[Any, ...], key: bool = False) -> yaml.Node | None:
+    """The deepest YAML node along a pydantic error location (the key's node itself if `key`)."""
+    for depth, part in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if k.value == str(key)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            child = node.value[key]
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            child = None if pair is None else pair[0] if key and depth == len(loc) - 1 else pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
         else:
             child = None
         if child is None:
@@ -262,27 +263,38 @@ def _node_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
     return node
 
 
-def _dataset_problems(spec: Campaign, root: yaml.Node | None, source: str) -> list[str]:
-    """Columns the campaign names must exist in its dataset."""
-    if spec.space.pool is None:
+def _dataset_problems(data: dict[str, Any], base_dir: Path | None, root: yaml.Node | None,
+                      source: str) -> list[str]:
+    """Columns the campaign names must exist in its dataset (checked on the raw file, so these are
+    reported alongside any other problem)."""
+    pool = data.get("space", {}).get("pool") if isinstance(data.get("space"), dict) else None
+    if not isinstance(pool, dict) or not isinstance(pool.get("dataset"), str):
         return []
-    with open(spec.space.pool.dataset, newline="", encoding="utf-8-sig") as handle:
+    path = Path(pool["dataset"])
+    path = path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+    if not path.is_file():
+        return []  # the schema reports the missing file
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         header = next(csv.reader(handle), [])
-    problems = []
-    wanted = [(("space", "pool", "inputs", i), c) for i, c in enumerate(spec.space.pool.inputs)]
-    wanted += [(("objectives", i, "name"), o.name) for i, o in enumerate(spec.objectives)]
-    wanted += [(("outcome_constraints", i, "name"), c.name) for i, c in enumerate(spec.outcome_constraints)]
-    for loc, column in wanted:
-        if column not in header:
-            problems.append(
-                _format(source, root, loc, f"column {column!r} is not in {spec.space.pool.dataset.name} "
-                        f"(columns: {', '.join(header)})")
-            )
-    return problems
+
+    def named(key: str) -> list[tuple[tuple[Any, ...], Any]]:
+        items = data.get(key)
+        if not isinstance(items, list):
+            return []
+        return [((key, i, "name"), item.get("name")) for i, item in enumerate(items) if isinstance(item, dict)]
+
+    inputs = pool.get("inputs") if isinstance(pool.get("inputs"), list) else []
+    wanted = [(("space", "pool", "inputs", i), c) for i, c in enumerate(inputs)]
+    wanted += named("objectives") + named("outcome_constraints")
+    return [
+        _format(source, root, loc, f"column {column!r} is not in {path.name} (columns: {', '.join(header)})")
+        for loc, column in wanted
+        if isinstance(column, str) and column not in header
+    ]
 
 
-def _format(source: str, root: yaml.Node | None, loc: tuple[Any, ...], message: str) -> str:
-    node = _node_at(root, loc)
+def _format(source: str, root: yaml.Node | None, loc: tuple[Any, ...], message: str, key: bool = False) -> str:
+    node = _node_at(root, loc, key)
     line = f":{node.start_mark.line + 1}" if node is not None else ""
     path = ".".join(str(p) for p in loc) or "(top level)"
     return f"{source}{line}: {path}: {message}"
@@ -298,19 +310,17 @@ def parse_campaign(text: str, source: str = "<campaign>", base_dir: Path | None 
         raise SpecError(source, [f"{source}{where}: malformed YAML: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(data, dict):
         raise SpecError(source, [f"{source}: the campaign file must be a mapping of keys to values"])
+    problems = []
     try:
         spec = Campaign.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             # Drop the discriminator tag pydantic inserts for tagged unions ("continuous", ...).
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _PARAM_TAGS))
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key {loc[-1]!r}"
-            problems.append(_format(source, root, loc, msg))
-        raise SpecError(source, problems) from None
-    problems = _dataset_problems(spec, root, source)
+            unknown = err["type"] == "extra_forbidden"
+            problems.append(_format(source, root, loc, f"unknown key {loc[-1]!r}" if unknown else msg, key=unknown))
+    problems += _dataset_problems(data, base_dir, root, source)
     if problems:
         raise SpecError(source, problems)
     return spec

@@ -9,7 +9,7 @@ SQLite file by default; any SQLAlchemy URL (``postgresql://...``) otherwise.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from sqlalchemy import (
@@ -214,22 +214,18 @@ class Store:
                     sample_id=message.sample_id,
                     causation_id=message.causation_id,
                     sender=message.sender,
-                    created_at=message.created_at,
+                    created_at=message.created_at.astimezone(timezone.utc),
                     body=to_wire(message),
                 )
             )
             _apply(s, message)
+            run_of_descriptor: dict[str, str] = {}
             for name, doc in documents:
-                s.add(
-                    DocumentRow(
-                        campaign_id=self.campaign_id,
-                        sample_id=message.sample_id,
-                        event_id=message.id,
-                        run_uid=doc.get("run_start") or doc.get("uid", ""),
-                        name=name,
-                        body=doc,
-                    )
-                )
+                if name == "descriptor":
+                    run_of_descriptor[doc["uid"]] = doc["run_start"]
+                run_uid = doc.get("run_start") or run_of_descriptor.get(doc.get("descriptor", "")) or doc.get("uid", "")
+                s.add(DocumentRow(campaign_id=self.campaign_id, sample_id=message.sample_id, event_id=message.id,
+                                  run_uid=run_uid, name=name, body=doc))
 
     def events(self, sample_id: str | None = None, kind: str | None = None) -> list[Message]:
         query = select(EventRow.body).where(EventRow.campaign_id == self.campaign_id)
@@ -348,11 +344,12 @@ def _sample_dict(row: SampleRow, measurement: MeasurementRow | None) -> dict[str
     }
 
 
-def _move(s: Session, campaign_id: str, sample_id: str | None, state: str, **fields: Any) -> SampleRow:
+def _move(s: Session, campaign_id: str, sample_id: str | None, state: str, stay: bool = False,
+          **fields: Any) -> SampleRow:
     row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == campaign_id, SampleRow.id == sample_id))
     if row is None:
         raise ValueError(f"no sample {sample_id!r} in the store")
-    if state != row.state and state not in TRANSITIONS[row.state]:
+    if not (stay and state == row.state) and state not in TRANSITIONS[row.state]:
         raise ValueError(f"sample {sample_id} cannot go from {row.state} to {state}")
     row.state = state
     row.updated_at = utcnow()
@@ -372,7 +369,7 @@ def _apply(s: Session, m: Message) -> None:
                 candidate={**c.model_dump(mode="json"), "proposal_id": m.id}, awaiting_approval=False, updated_at=m.created_at,
             ))
     elif isinstance(m, ApprovalRequest):
-        _move(s, m.campaign_id, m.sample_id, "proposed", awaiting_approval=True)
+        _move(s, m.campaign_id, m.sample_id, "proposed", stay=True, awaiting_approval=True)
     elif isinstance(m, ApprovalDecision):
         _move(s, m.campaign_id, m.sample_id, "approved" if m.approved else "rejected", awaiting_approval=False,
               error=None if m.approved else f"rejected by {m.decided_by}: {m.reason}")

@@ -73,7 +73,8 @@ class DesignSpace:
                     row[p.name] = p.choices[int(np.floor(value * len(p.choices)))]
         if self._comp is not None:
             k = len(self.space.parameters)
-            exponential = -np.log1p(-u[:, k:])  # uniform -> Exp(1): normalized, a flat Dirichlet
+            # uniform -> Exp(1), normalized: a flat Dirichlet (the floor keeps the origin defined)
+            exponential = -np.log1p(-u[:, k:]) + 1e-300
             weights = exponential / exponential.sum(axis=1, keepdims=True)
             fractions = bounded_simplex(weights, self._comp_low, self._comp_high)
             for row, x in zip(rows, fractions):
