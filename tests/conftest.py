@@ -25,7 +25,8 @@ def ray_address() -> str:
 def write_campaign(path: Path, *, name: str = "test_campaign", dataset: Path = DATA / "P3HT.csv",
                    inputs: list[str] = P3HT_INPUTS, objective: str = P3HT_OBJECTIVE, budget: int = 8,
                    batch_size: int = 2, strategy: str = "sobol", seed: int = 0, latency_s: float = 0.0,
-                   noise: float = 0.0, failure_rate: float = 0.0, approval: str = "auto") -> Path:
+                   noise: float = 0.0, failure_rate: float = 0.0, approval: str = "auto",
+                   wall_time_s: float | None = None) -> Path:
     quoted = ", ".join(f'"{i}"' for i in inputs)
     path.write_text(f"""campaign: {name}
 seed: {seed}
@@ -38,6 +39,7 @@ objectives:
     direction: maximize
 budget:
   experiments: {budget}
+  wall_time_s: {wall_time_s if wall_time_s is not None else "null"}
 batch_size: {batch_size}
 designer:
   strategy: {strategy}

@@ -107,6 +107,16 @@ def test_pool_exhaustion_ends_the_campaign(tmp_path, ray_address):
     assert summary["n_measured"] == 3
 
 
+def test_wall_time_budget_stops_design_and_finishes_what_is_in_the_lab(tmp_path, ray_address):
+    store, spec, summary, out = run(tmp_path, ray_address, budget=200, batch_size=2, latency_s=0.1,
+                                    wall_time_s=1.5)
+    samples = store.samples()
+    assert summary["status"] == "stopped"
+    assert 2 <= summary["n_experiments"] < 200
+    assert {s["state"] for s in samples} == {"learned"}  # nothing left half-done
+    assert summary["wall_s"] < 10
+
+
 def test_agents_reject_malformed_messages(tmp_path):
     config = write_campaign(tmp_path / "c.yaml")
     spec = load_campaign(config).model_dump(mode="json")
