@@ -23,7 +23,8 @@ class DesignerAgent(Agent):
             pool = load_pool(pool_spec.dataset, pool_spec.inputs, []).to_numpy(dtype=float)
         strategy_cls = registry.load("athanor.strategies", self.spec.designer.strategy)
         self.strategy = strategy_cls(DesignSpace(self.spec.space, pool), objectives=self.spec.objectives,
-                                     seed=self.spec.seed, **self.spec.designer.options)
+                                     constraints=self.spec.outcome_constraints, seed=self.spec.seed,
+                                     **self.spec.designer.options)
 
     def propose(self, request: dict[str, Any], history: list[dict[str, Any]],
                 pending: list[dict[str, Any]]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ BUILTIN = {
     "athanor.strategies": {
         "random": "athanor.planners.random:RandomStrategy",
         "sobol": "athanor.planners.random:SobolStrategy",
+        "bayesian": "athanor.planners.bayesian:BayesianStrategy",
     },
     "athanor.worlds": {
         "replay": "athanor.simulators.replay:ReplayWorld",

@@ -81,6 +81,54 @@ class DesignSpace:
                 row.update({el: float(v) for el, v in zip(self._comp.elements, x)})
         return rows
 
+    # --- the feature space a surrogate model sees -------------------------------------------
+    # Continuous and integer parameters scaled to [0, 1]; a categorical one as its choice index;
+    # composition fractions as they are (they already live in [0, 1] and sum to 1).
+
+    @property
+    def cat_dims(self) -> list[int]:
+        return [j for j, p in enumerate(self.space.parameters) if isinstance(p, CategoricalParameter)]
+
+    @property
+    def comp_dims(self) -> list[int]:
+        if self._comp is None:
+            return []
+        k = len(self.space.parameters)
+        return list(range(k, k + len(self._comp.elements)))
+
+    @property
+    def comp_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._comp_low, self._comp_high
+
+    def to_features(self, inputs: dict[str, Any]) -> np.ndarray:
+        if self.is_pool:
+            lo, hi = self.pool.min(axis=0), self.pool.max(axis=0)
+            row = np.array([float(inputs[n]) for n in self.names])
+            return (row - lo) / np.where(hi > lo, hi - lo, 1.0)
+        x = []
+        for p in self.space.parameters:
+            if isinstance(p, CategoricalParameter):
+                x.append(float(p.choices.index(inputs[p.name])))
+            else:
+                x.append((float(inputs[p.name]) - p.low) / (p.high - p.low) if p.high > p.low else 0.0)
+        if self._comp is not None:
+            x += [float(inputs[el]) for el in self._comp.elements]
+        return np.array(x, dtype=float)
+
+    def from_features(self, x: np.ndarray) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for value, p in zip(x, self.space.parameters):
+            if isinstance(p, CategoricalParameter):
+                row[p.name] = p.choices[int(np.clip(round(float(value)), 0, len(p.choices) - 1))]
+            elif isinstance(p, IntegerParameter):
+                row[p.name] = int(np.clip(round(p.low + float(value) * (p.high - p.low)), p.low, p.high))
+            else:
+                row[p.name] = float(np.clip(p.low + float(value) * (p.high - p.low), p.low, p.high))
+        if self._comp is not None:
+            fractions = np.asarray(x[len(self.space.parameters):], dtype=float)
+            row.update({el: float(v) for el, v in zip(self._comp.elements, fractions)})
+        return row
+
     def pool_unit(self) -> np.ndarray:
         """The pool's rows scaled to [0, 1] per column (constant columns map to 0)."""
         lo, hi = self.pool.min(axis=0), self.pool.max(axis=0)
