@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -98,6 +99,16 @@ def _schema(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmarks_module(name: str) -> Any:
+    """A harness from the checkout's benchmarks/ folder (not installed: it is not product code)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (folder / f"{name}.py").is_file():
+        return None
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return importlib.import_module(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="athanor", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     reject.add_argument("--reason", required=True)
     reject.add_argument("--user")
     reject.set_defaults(func=lambda a: _decide(a, False))
+
+    bench = sub.add_parser("bench", help="benchmarks (from a source checkout: benchmarks/ beside athanor/)")
+    suites = bench.add_subparsers(dest="suite", required=True)
+    optimizers = _benchmarks_module("optimizers")
+    if optimizers is not None:
+        optimizers.add_parser(suites)
 
     schema = sub.add_parser("schema", help="print the message protocol's JSON Schema")
     schema.set_defaults(func=_schema)
