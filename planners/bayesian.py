@@ -37,12 +37,62 @@ from athanor.planners.space import DesignSpace
 from athanor.spec import Objective, OutcomeConstraint
 
 
-def _utility(z: torch.Tensor, objective: Objective) -> torch.Tensor:
+def _utility(z: torch.Tensor, objective: Objective, target: float | None = None) -> torch.Tensor:
+    """Higher is better; `target` is the objective's target in the (warped) units of `z`."""
     if objective.direction == "maximize":
         return z
     if objective.direction == "minimize":
         return -z
-    return -(z - objective.target).abs()
+    return -(z - (objective.target if target is None else target)).abs()
+
+
+class OutputWarp:
+    """A monotone Yeo-Johnson warp per output, fitted to the data (scikit-learn's PowerTransformer),
+    then standardized.
+
+    Measured properties are often skewed over orders of magnitude (conductivities, instability
+    indices); a GP fits their warped values far better. Monotone, so the best point is unchanged;
+    targets and constraint bounds are warped alike, predictions mapped back.
+    """
+
+    def __init__(self, Y: np.ndarray, enabled: bool = True):
+        from sklearn.preprocessing import PowerTransformer
+
+        self.enabled = enabled
+        self.raw_mean, self.raw_sd = Y.mean(axis=0), np.where(Y.std(axis=0) > 0, Y.std(axis=0), 1.0)
+        self._power = PowerTransformer(method="yeo-johnson", standardize=False)
+        if enabled:
+            with np.errstate(all="ignore"):
+                warped = self._power.fit_transform(Y)
+            self.mean, self.sd = warped.mean(axis=0), np.where(warped.std(axis=0) > 0, warped.std(axis=0), 1.0)
+
+    def forward(self, Y: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return Y
+        with np.errstate(all="ignore"):
+            return (self._power.transform(Y) - self.mean) / self.sd
+
+    def value(self, column: int, y: float) -> float:
+        row = np.array(self.raw_mean, dtype=float)
+        row[column] = y
+        return float(self.forward(row[None, :])[0, column])
+
+    def backward(self, Z: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return Z
+        with np.errstate(all="ignore"):
+            return self._power.inverse_transform(Z * self.sd + self.mean)
+
+    def to_measured(self, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and sd in measured units: the median maps through the warp, the sd is half
+        the mapped ±1 sd interval. Where the inverse warp has no value (it is bounded for some
+        shapes), fall back to a linear map through the data's own mean and sd."""
+        mean = self.backward(mu)
+        sd = np.abs(self.backward(mu + sigma) - self.backward(mu - sigma)) / 2
+        bad = ~(np.isfinite(mean) & np.isfinite(sd))
+        mean = np.where(bad, self.raw_mean + mu * self.raw_sd, mean)
+        sd = np.where(bad, sigma * self.raw_sd, sd)
+        return mean, sd
 
 
 class BayesianStrategy:
@@ -51,7 +101,7 @@ class BayesianStrategy:
     def __init__(self, space: DesignSpace, objectives: Sequence[Objective] = (), seed: int = 0,
                  constraints: Sequence[OutcomeConstraint] = (), n_init: int | None = None,
                  mc_samples: int = 128, num_restarts: int = 8, raw_samples: int = 256, steps: int = 60,
-                 **_options: Any):
+                 warp_outputs: bool = True, **_options: Any):
         if not objectives:
             raise ValueError("the Bayesian designer needs at least one objective")
         self.space = space
@@ -62,6 +112,7 @@ class BayesianStrategy:
         self.outputs += [c.name for c in self.constraints if c.name not in self.outputs]
         self.n_init = n_init if n_init is not None else (2 if space.is_pool else min(space.dim + 1, 10))
         self.mc_samples, self.num_restarts, self.raw_samples, self.steps = mc_samples, num_restarts, raw_samples, steps
+        self.warp_outputs = warp_outputs
         self.fallback = SobolStrategy(space, objectives, seed)
         self.model_version: str | None = None
 
@@ -76,11 +127,12 @@ class BayesianStrategy:
             return self._space_filling(history, n, pending, "every objective constant so far: exploring")
         torch.manual_seed(self.seed + len(history))
         try:
-            model = self._fit(X, Y)
+            self.warp = OutputWarp(Y.numpy(), enabled=self.warp_outputs)
+            model = self._fit(X, torch.as_tensor(self.warp.forward(Y.numpy()), dtype=torch.double))
         except (ModelFittingError, RuntimeError, ValueError) as exc:  # numerics, not a campaign-ending bug
             return self._space_filling(history, n, pending, f"model fit failed ({type(exc).__name__}): exploring")
         self.model_version = f"gp-{len(X)}"
-        acqf, label = self._acquisition(model, X, Y, pending)
+        acqf, label = self._acquisition(model, X, torch.as_tensor(self.warp.forward(Y.numpy())), pending)
         picks, values, pool_rows = self._maximize(acqf, n, history, pending)
         return self._candidates(model, picks, values, pool_rows, label, len(measured), len(pending))
 
@@ -121,9 +173,9 @@ class BayesianStrategy:
         for c in self.constraints:
             k = self.outputs.index(c.name)
             if c.upper is not None:
-                out.append(lambda Z, k=k, u=c.upper: Z[..., k] - u)
+                out.append(lambda Z, k=k, u=self.warp.value(k, c.upper): Z[..., k] - u)
             if c.lower is not None:
-                out.append(lambda Z, k=k, lo=c.lower: lo - Z[..., k])
+                out.append(lambda Z, k=k, lo=self.warp.value(k, c.lower): lo - Z[..., k])
         return out
 
     def _acquisition(self, model: Any, X: torch.Tensor, Y: torch.Tensor, pending: list[Observation]):
@@ -133,13 +185,14 @@ class BayesianStrategy:
             X_pending = torch.as_tensor(np.array([self.space.to_features(p.inputs) for p in pending]), dtype=torch.double)
         constraints = self._constraint_callables() or None
         objectives = self.objectives
+        targets = [self.warp.value(i, o.target) if o.target is not None else None for i, o in enumerate(objectives)]
         if len(objectives) == 1:
-            objective = GenericMCObjective(lambda Z, X=None: _utility(Z[..., 0], objectives[0]))
+            objective = GenericMCObjective(lambda Z, X=None: _utility(Z[..., 0], objectives[0], targets[0]))
             acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, sampler=sampler, objective=objective,
                                                 constraints=constraints, X_pending=X_pending, prune_baseline=True)
             return acqf, "qLogNEI"
         multi = GenericMCMultiOutputObjective(
-            lambda Z, X=None: torch.stack([_utility(Z[..., i], o) for i, o in enumerate(objectives)], dim=-1))
+            lambda Z, X=None: torch.stack([_utility(Z[..., i], o, targets[i]) for i, o in enumerate(objectives)], dim=-1))
         if len(objectives) <= 3:
             utilities = multi(Y.unsqueeze(0)).squeeze(0)
             spread = (utilities.max(dim=0).values - utilities.min(dim=0).values).clamp(min=1e-9)
@@ -179,7 +232,8 @@ class BayesianStrategy:
             return []
         with torch.no_grad():
             posterior = model.posterior(X)
-            mean, sd = posterior.mean.numpy(), posterior.variance.clamp(min=0).sqrt().numpy()
+            mu, sigma = posterior.mean.numpy(), posterior.variance.clamp(min=0).sqrt().numpy()
+        mean, sd = self.warp.to_measured(mu, sigma)
         out = []
         for i, (x, value, row) in enumerate(zip(X.numpy(), values, pool_rows)):
             inputs = self.space.pool_inputs(row) if row is not None else self.space.from_features(x)
