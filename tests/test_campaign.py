@@ -117,6 +117,18 @@ def test_wall_time_budget_stops_design_and_finishes_what_is_in_the_lab(tmp_path,
     assert summary["wall_s"] < 10
 
 
+def test_bayesian_designer_runs_in_the_campaign(tmp_path, ray_address):
+    store, spec, summary, out = run(tmp_path, ray_address, budget=8, batch_size=2, strategy="bayesian")
+    samples = store.samples()
+    assert summary["status"] == "completed" and summary["n_measured"] == 8
+    assert len({s["pool_index"] for s in samples}) == 8
+    rationales = [s["candidate"]["rationale"] for s in samples]
+    assert "initial design" in rationales[0]
+    assert any("qLogNEI" in r for r in rationales[4:])  # batches 2+ are designed from measured data
+    modelled = [s["candidate"] for s in samples if "qLogNEI" in s["candidate"]["rationale"]]
+    assert all(c["acquisition_value"] is not None and c["predicted"][P3HT_OBJECTIVE]["sd"] > 0 for c in modelled)
+
+
 def test_agents_reject_malformed_messages(tmp_path):
     config = write_campaign(tmp_path / "c.yaml")
     spec = load_campaign(config).model_dump(mode="json")
