@@ -14,7 +14,9 @@ from typing import Any, Callable
 
 from athanor.errors import AthanorError
 from athanor.report import write_outputs
-from athanor.spec import ApprovalSpec, Budget, Campaign, load_campaign
+from pydantic import ValidationError
+
+from athanor.spec import Campaign, load_campaign
 from athanor.store import Store
 
 RUN_FILE = "run.json"
@@ -26,33 +28,51 @@ def open_run(out: str | Path) -> tuple[Store, Campaign]:
     info_path = out / RUN_FILE
     if not info_path.is_file():
         raise AthanorError(f"{out}: no campaign here (no {RUN_FILE}); start one with 'athanor run CONFIG --out {out}'")
-    info = json.loads(info_path.read_text())
-    store = Store(info["store_url"], info["campaign_id"])
+    try:
+        info = json.loads(info_path.read_text())
+        url, campaign_id = info["store_url"], info["campaign_id"]
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise AthanorError(f"{info_path}: unreadable ({type(exc).__name__}: {exc})") from None
+    store = Store(url, campaign_id)
     spec = store.campaign_spec()
     if spec is None:
-        raise AthanorError(f"{out}: the store at {info['store_url']} holds no campaign {info['campaign_id']}")
-    return store, Campaign.model_validate(spec)
+        raise AthanorError(f"{out}: the store at {url} holds no campaign {campaign_id}")
+    try:
+        return store, Campaign.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise AthanorError(f"{out}: the stored campaign no longer validates: {where}: "
+                           f"{first['msg'].removeprefix('Value error, ')}") from None
 
 
-def _with_overrides(spec: Campaign, seed: int | None, max_experiments: int | None, approval: str | None,
-                    ray_address: str | None) -> Campaign:
-    update: dict[str, Any] = {}
-    if seed is not None:
-        update["seed"] = seed
-    if max_experiments is not None:
-        if max_experiments < 1:
-            raise AthanorError(f"--max-experiments must be at least 1, got {max_experiments}")
-        update["budget"] = Budget(experiments=max_experiments, wall_time_s=spec.budget.wall_time_s)
-    if approval is not None:
-        update["approval"] = ApprovalSpec(policy=approval)
-    if ray_address is not None:
-        update["ray_address"] = ray_address
-    return spec.model_copy(update=update)
+def _with_overrides(spec: Campaign, seed: int | None = None, max_experiments: int | None = None,
+                    approval: str | None = None, ray_address: str | None = None,
+                    wall_time_s: float | None = None) -> Campaign:
+    """The spec with the command line's overrides, validated like the file itself."""
+    data = spec.model_dump(mode="json")
+    flags = {"--seed": (("seed",), seed), "--max-experiments": (("budget", "experiments"), max_experiments),
+             "--wall-time": (("budget", "wall_time_s"), wall_time_s), "--approval": (("approval", "policy"), approval),
+             "--ray-address": (("ray_address",), ray_address)}
+    for path, value in flags.values():
+        if value is not None:
+            target = data
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+    try:
+        return Campaign.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            flag = next((f for f, (path, _) in flags.items() if tuple(err["loc"]) == path), ".".join(map(str, err["loc"])))
+            problems.append(f"{flag}: {err['msg']}")
+        raise AthanorError("; ".join(problems)) from None
 
 
 def prepare(config: str | Path, out: str | Path, resume: bool = False, seed: int | None = None,
             max_experiments: int | None = None, approval: str | None = None,
-            ray_address: str | None = None) -> tuple[Store, Campaign]:
+            ray_address: str | None = None, wall_time_s: float | None = None) -> tuple[Store, Campaign]:
     """Create (or reopen, to resume) the stored campaign; nothing runs yet."""
     out = Path(out)
     if resume:
@@ -62,13 +82,13 @@ def prepare(config: str | Path, out: str | Path, resume: bool = False, seed: int
             raise AthanorError(f"{out} holds campaign {stored.campaign!r}, not {named!r} from {config}")
         if seed is not None and seed != stored.seed:
             raise AthanorError(f"--seed {seed} differs from the stored campaign's seed {stored.seed}")
-        spec = _with_overrides(stored, None, max_experiments, approval, ray_address)
+        spec = _with_overrides(stored, None, max_experiments, approval, ray_address, wall_time_s)
         store.register_campaign(spec.campaign, spec.model_dump(mode="json"), replace=True)
         store.rebuild()
         return store, spec
     if (out / RUN_FILE).exists():
         raise AthanorError(f"{out} already holds a campaign: pass --resume to continue it, or choose another --out")
-    spec = _with_overrides(load_campaign(config), seed, max_experiments, approval, ray_address)
+    spec = _with_overrides(load_campaign(config), seed, max_experiments, approval, ray_address, wall_time_s)
     out.mkdir(parents=True, exist_ok=True)
     campaign_id = f"{spec.campaign}-{uuid.uuid4().hex[:8]}"
     url = spec.store_url or f"sqlite:///{(out / 'campaign.db').resolve()}"

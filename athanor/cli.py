@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
     store, spec = prepare(args.config, args.out, resume=args.resume, seed=args.seed,
                           max_experiments=args.max_experiments, approval=args.approval,
-                          ray_address=args.ray_address)
+                          ray_address=args.ray_address, wall_time_s=args.wall_time)
     bar = tqdm(total=spec.budget.experiments, desc=spec.campaign, unit="exp", disable=args.quiet or None)
 
     def on_progress(samples: list[dict[str, Any]]) -> None:
@@ -60,8 +60,8 @@ def _status(args: argparse.Namespace) -> int:
     store, spec = open_run(args.dir)
     samples = store.samples()
     states = Counter(s["state"] for s in samples)
-    ended = [e for e in store.events(kind="campaign_event") if e.event == "ended"]
-    status = ended[-1].status if ended and len(ended) >= 1 else "running or interrupted"
+    events = store.events(kind="campaign_event")
+    status = events[-1].status if events and events[-1].event == "ended" else "running or interrupted"
     summary = summarize(store, spec, status)
     report = {"campaign": spec.campaign, "campaign_id": store.campaign_id, "status": status,
               "states": dict(states), "awaiting_approval": [s["id"] for s in samples if s["awaiting_approval"]],
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the campaign stored in --out")
     run.add_argument("--seed", type=int)
     run.add_argument("--max-experiments", type=int, help="override the file's experiment budget")
+    run.add_argument("--wall-time", type=float, metavar="S", help="override the wall-time budget (seconds)")
     run.add_argument("--approval", choices=["auto", "always"], help="override the file's approval policy")
     run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     run.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -86,7 +86,7 @@ class Conductor:
             if design is not None and design.done():
                 design.result()
                 design = None
-        status = self._status(samples)
+        status = self.status_if_stopped if self.stop_reason else "completed"
         self._log(CampaignEvent(**self._env(), event="ended", status=status,
                                 detail={"reason": self.stop_reason or "budget met"}))
         return status
@@ -120,8 +120,6 @@ class Conductor:
         waiting = any(s["state"] == "proposed" for s in samples)
         return not waiting and self._used(samples) >= self.spec.budget.experiments
 
-    def _status(self, samples: list[dict[str, Any]]) -> str:
-        return self.status_if_stopped if self.stop_reason else "completed"
 
     @staticmethod
     def _next_batch(samples: list[dict[str, Any]]) -> int:
@@ -141,6 +139,8 @@ class Conductor:
         reply = await self._call(
             "design", None, lambda: self.agents.designer.propose.remote(
                 to_wire(request), [_observation(s) for s in known], [_observation(s) for s in pending]))
+        if self.stop_reason:  # the campaign stopped while the designer worked: nothing new goes in
+            return
         if not isinstance(reply, DesignProposal):
             self._log(reply if isinstance(reply, Fault) else Fault(
                 **self._env(), step="design", error=f"designer answered {reply.kind}", fatal_for_sample=False))
@@ -177,17 +177,23 @@ class Conductor:
                                           reason="every proposal waits for an operator"))
 
     def _consume_inbox(self) -> None:
-        for command in self.store.take_commands():
-            sample_id = command.get("sample_id")
-            sample = self.store.sample(sample_id) if sample_id else None
-            action = command.get("action")
-            if action not in ("approve", "reject") or sample is None or not sample["awaiting_approval"]:
-                self._log(Fault(**self._env(), step="approval", fatal_for_sample=False,
-                                error=f"ignored {action} of {sample_id}: it is not awaiting approval"))
-                continue
-            self._log(ApprovalDecision(**self._env(sample_id), approved=action == "approve",
-                                       decided_by=command.get("user", "unknown"),
-                                       channel=command.get("channel", "cli"), reason=command.get("reason", "")))
+        # A command is marked consumed only once its decision is logged: a crash in between
+        # delivers it again, and a repeat is ignored because the sample no longer waits.
+        for command_id, command in self.store.pending_commands():
+            self._decide(command)
+            self.store.consume(command_id)
+
+    def _decide(self, command: dict[str, Any]) -> None:
+        sample_id = command.get("sample_id")
+        sample = self.store.sample(sample_id) if sample_id else None
+        action = command.get("action")
+        if action not in ("approve", "reject") or sample is None or not sample["awaiting_approval"]:
+            self._log(Fault(**self._env(), step="approval", fatal_for_sample=False,
+                            error=f"ignored {action} of {sample_id}: it is not awaiting approval"))
+            return
+        self._log(ApprovalDecision(**self._env(sample_id), approved=action == "approve",
+                                   decided_by=command.get("user", "unknown"),
+                                   channel=command.get("channel", "cli"), reason=command.get("reason", "")))
 
     # --- one sample through the lab ---------------------------------------------------------
     async def _advance(self, sample_id: str) -> None:
@@ -232,6 +238,10 @@ class Conductor:
         self._intent(s["id"], "learn", "learner")
         samples = [x for x in self.store.samples() if x["state"] in ("characterized", "learned")]
         reply = await self._call("learn", s["id"], lambda: self.agents.learner.update.remote(s["id"], None, samples))
+        if isinstance(reply, Fault):  # the measurement stands; only the model update is missing
+            self._log(reply.model_copy(update={"fatal_for_sample": False}))
+            reply = ModelUpdate(**self._env(s["id"]), model_version="unavailable", n_train=0,
+                                reason=f"learner failed: {reply.error}")
         self._log(reply)
         if isinstance(reply, ModelUpdate) and reply.recommend_stop and not self.stop_reason:
             self.stop_reason, self.status_if_stopped = reply.reason, "target_met"

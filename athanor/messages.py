@@ -100,7 +100,9 @@ class ApprovalDecision(Envelope):
 
 
 class StepIntent(Envelope):
-    """Written before a step is dispatched; the key makes a re-dispatch after a crash idempotent."""
+    """Written before a step is dispatched. A step whose intent has no result when a campaign resumes
+    is dispatched again with the same key, which the station's run carries in its metadata so a
+    repeat can be recognised; simulated worlds answer a repeat identically (seeded by sample and step)."""
 
     kind: Literal["step_intent"] = "step_intent"
     step: Literal["plan", "synthesize", "characterize", "learn"]

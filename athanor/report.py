@@ -17,7 +17,7 @@ from athanor.store import Store
 
 def results_table(store: Store, spec: Campaign) -> pd.DataFrame:
     rows = []
-    outputs = spec.objective_names + [c.name for c in spec.outcome_constraints if c.name not in spec.objective_names]
+    outputs = spec.output_names
     for s in store.samples():
         row: dict[str, Any] = {"sample_id": s["id"], "batch": s["batch"], "state": s["state"],
                                "pool_index": s["pool_index"]}

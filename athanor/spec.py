@@ -210,7 +210,7 @@ def default_instruments() -> list[InstrumentSpec]:
 class Campaign(_Strict):
     campaign: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     space: Space
     objectives: list[Objective] = Field(min_length=1)
     outcome_constraints: list[OutcomeConstraint] = []
@@ -239,6 +239,12 @@ class Campaign(_Strict):
     @property
     def objective_names(self) -> list[str]:
         return [o.name for o in self.objectives]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Everything a measurement must report: the objectives, then constrained outputs."""
+        names = self.objective_names
+        return names + [c.name for c in self.outcome_constraints if c.name not in names]
 
     def instrument(self, role: str) -> InstrumentSpec:
         return next(i for i in self.instruments if i.role == role)
@@ -274,8 +280,11 @@ def _dataset_problems(data: dict[str, Any], base_dir: Path | None, root: yaml.No
     path = path if path.is_absolute() or base_dir is None else Path(base_dir) / path
     if not path.is_file():
         return []  # the schema reports the missing file
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), [])
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+    except UnicodeDecodeError:
+        return [_format(source, root, ("space", "pool", "dataset"), f"{path.name} is not UTF-8 text")]
 
     def named(key: str) -> list[tuple[tuple[Any, ...], Any]]:
         items = data.get(key)
@@ -334,7 +343,11 @@ def load_campaign(path: str | Path, check_plugins: bool = True) -> Campaign:
     path = Path(path)
     if not path.is_file():
         raise SpecError(str(path), [f"{path}: no such campaign file"])
-    spec = parse_campaign(path.read_text(encoding="utf-8"), str(path), base_dir=path.parent)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    spec = parse_campaign(text, str(path), base_dir=path.parent)
     if check_plugins:
         from athanor import registry
 

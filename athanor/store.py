@@ -286,7 +286,13 @@ class Store:
             return [_sample_dict(r, values.get(r.id)) for r in rows]
 
     def sample(self, sample_id: str) -> dict[str, Any] | None:
-        return next((s for s in self.samples() if s["id"] == sample_id), None)
+        with Session(self.engine) as s:
+            row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == self.campaign_id, SampleRow.id == sample_id))
+            if row is None:
+                return None
+            measurement = s.scalar(select(MeasurementRow).where(
+                MeasurementRow.campaign_id == self.campaign_id, MeasurementRow.sample_id == sample_id))
+            return _sample_dict(row, measurement)
 
     def approvals(self) -> list[dict[str, Any]]:
         with Session(self.engine) as s:
@@ -321,6 +327,22 @@ class Store:
             for row in rows:
                 row.consumed_at = now
             return [dict(r.command) for r in rows]
+
+    def pending_commands(self) -> list[tuple[int, dict[str, Any]]]:
+        """Unconsumed commands with their ids, left in the inbox until `consume`."""
+        with Session(self.engine) as s:
+            rows = s.scalars(
+                select(InboxRow)
+                .where(InboxRow.campaign_id == self.campaign_id, InboxRow.consumed_at.is_(None))
+                .order_by(InboxRow.id)
+            ).all()
+            return [(r.id, dict(r.command)) for r in rows]
+
+    def consume(self, command_id: int) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(InboxRow, command_id)
+            if row is not None:
+                row.consumed_at = utcnow()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -51,11 +51,12 @@ class OutputWarp:
     then standardized.
 
     Measured properties are often skewed over orders of magnitude (conductivities, instability
-    indices); a GP fits their warped values far better. Monotone, so the best point is unchanged;
-    targets and constraint bounds are warped alike, predictions mapped back.
+    indices); a GP fits their warped values far better. Monotone, so the best point of a maximized
+    or minimized output is unchanged and constraint bounds keep their meaning when warped alike.
+    Columns in `keep` (targets: |y − t| must be judged in measured units) are only standardized.
     """
 
-    def __init__(self, Y: np.ndarray, enabled: bool = True):
+    def __init__(self, Y: np.ndarray, enabled: bool = True, keep: Sequence[int] = ()):
         from sklearn.preprocessing import PowerTransformer
 
         self.enabled = enabled
@@ -63,14 +64,17 @@ class OutputWarp:
         self._power = PowerTransformer(method="yeo-johnson", standardize=False)
         if enabled:
             with np.errstate(all="ignore"):
-                warped = self._power.fit_transform(Y)
+                self._power.fit(Y)
+            self._power.lambdas_[list(keep)] = 1.0  # Yeo-Johnson with lambda 1 is the identity
+            warped = self._forward_power(Y)
             self.mean, self.sd = warped.mean(axis=0), np.where(warped.std(axis=0) > 0, warped.std(axis=0), 1.0)
 
-    def forward(self, Y: np.ndarray) -> np.ndarray:
-        if not self.enabled:
-            return Y
+    def _forward_power(self, Y: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
-            return (self._power.transform(Y) - self.mean) / self.sd
+            return self._power.transform(Y)
+
+    def forward(self, Y: np.ndarray) -> np.ndarray:
+        return (self._forward_power(Y) - self.mean) / self.sd if self.enabled else Y
 
     def value(self, column: int, y: float) -> float:
         row = np.array(self.raw_mean, dtype=float)
@@ -93,6 +97,10 @@ class OutputWarp:
         mean = np.where(bad, self.raw_mean + mu * self.raw_sd, mean)
         sd = np.where(bad, sigma * self.raw_sd, sd)
         return mean, sd
+
+
+def _key(inputs: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in inputs.items()))
 
 
 class BayesianStrategy:
@@ -127,19 +135,45 @@ class BayesianStrategy:
             return self._space_filling(history, n, pending, "every objective constant so far: exploring")
         torch.manual_seed(self.seed + len(history))
         try:
-            self.warp = OutputWarp(Y.numpy(), enabled=self.warp_outputs)
+            targets = [i for i, o in enumerate(self.objectives) if o.direction == "target"]
+            self.warp = OutputWarp(Y.numpy(), enabled=self.warp_outputs, keep=targets)
             model = self._fit(X, torch.as_tensor(self.warp.forward(Y.numpy()), dtype=torch.double))
         except (ModelFittingError, RuntimeError, ValueError) as exc:  # numerics, not a campaign-ending bug
             return self._space_filling(history, n, pending, f"model fit failed ({type(exc).__name__}): exploring")
         self.model_version = f"gp-{len(X)}"
         acqf, label = self._acquisition(model, X, torch.as_tensor(self.warp.forward(Y.numpy())), pending)
         picks, values, pool_rows = self._maximize(acqf, n, history, pending)
-        return self._candidates(model, picks, values, pool_rows, label, len(measured), len(pending))
+        proposals = self._candidates(model, picks, values, pool_rows, label, len(measured), len(pending))
+        return self._distinct(proposals, history, pending)
 
     # --- pieces ---------------------------------------------------------------------------------
     def _space_filling(self, history: list[Observation], n: int, pending: list[Observation], why: str) -> list[Candidate]:
         return [c.model_copy(update={"rationale": f"{why}; {c.rationale}"})
                 for c in self.fallback.propose(history, n, pending)]
+
+    def _distinct(self, proposals: list[Candidate], history: list[Observation],
+                  pending: list[Observation]) -> list[Candidate]:
+        """Integer and categorical inputs are optimized relaxed and rounded after, so two picks can
+        land on one point, or on a measured one: replace those with space-filling points."""
+        seen = {_key(o.inputs) for o in [*history, *pending]}
+        distinct, repeats = [], 0
+        for c in proposals:
+            if c.pool_index is None and _key(c.inputs) in seen:
+                repeats += 1
+                continue
+            seen.add(_key(c.inputs))
+            distinct.append(c)
+        taken = [*history, *pending, *[Observation(inputs=c.inputs) for c in distinct]]
+        for _ in range(20):  # a small discrete space may need a few space-filling draws
+            if not repeats:
+                break
+            for c in self._space_filling(taken, repeats, [], "rounding repeated a point"):
+                taken.append(Observation(inputs=c.inputs))
+                if _key(c.inputs) not in seen:
+                    seen.add(_key(c.inputs))
+                    distinct.append(c)
+                    repeats -= 1
+        return distinct
 
     def _training_data(self, measured: list[Observation]) -> tuple[torch.Tensor, torch.Tensor]:
         X = np.array([self.space.to_features(o.inputs) for o in measured])

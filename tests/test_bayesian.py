@@ -182,3 +182,24 @@ def test_failure_modes_fall_back_without_crashing(monkeypatch):
     monkeypatch.setattr(bayesian, "fit_gpytorch_mll", lambda *a, **k: (_ for _ in ()).throw(ModelFittingError("boom")))
     data = [Observation(inputs={"a": a}, values={"y": a * a}) for a in (0.1, 0.4, 0.9)]
     assert "model fit failed" in strategy.propose(data, 1, [])[0].rationale
+
+
+def test_rounded_integer_proposals_are_distinct_and_new():
+    spec = campaign("  parameters:\n    - {type: integer, name: i, low: 1, high: 6}\n"
+                    "    - {type: integer, name: j, low: 1, high: 6}")
+    space = DesignSpace(spec.space)
+    f = lambda p: {"y": -abs(p["i"] - 4) - abs(p["j"] - 2)}  # noqa: E731
+    history = observe(space, 6, f)
+    proposals = BayesianStrategy(space, spec.objectives, **FAST).propose(history, 4, [])
+    keys = [(c.inputs["i"], c.inputs["j"]) for c in proposals]
+    assert len(keys) == 4 and len(set(keys)) == 4
+    assert not set(keys) & {(o.inputs["i"], o.inputs["j"]) for o in history}
+
+
+def test_target_outputs_are_standardized_but_not_warped():
+    Y = np.random.default_rng(0).lognormal(size=(30, 2))
+    warp = bayesian.OutputWarp(Y, keep=[0])
+    Z = warp.forward(Y)
+    assert np.allclose(Z[:, 0], (Y[:, 0] - Y[:, 0].mean()) / Y[:, 0].std())  # distances keep their units
+    assert abs(np.mean(Z[:, 1] ** 3)) < abs(np.mean(((Y[:, 1] - Y[:, 1].mean()) / Y[:, 1].std()) ** 3))  # less skewed
+    assert np.allclose(warp.backward(Z), Y)

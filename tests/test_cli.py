@@ -96,3 +96,28 @@ def test_always_policy_waits_for_operators_while_the_lab_works(tmp_path, ray_add
     assert rejected["reason"] == "too close to S0001"
     text = athanor("status", str(out)).stdout
     assert "S0003 rejected (too close to S0001) by ada via cli" in text
+
+
+def test_command_line_overrides_are_validated(tmp_path):
+    config = write_campaign(tmp_path / "c.yaml")
+    result = athanor("run", str(config), "--out", str(tmp_path / "run"), "--seed", "-1")
+    assert result.returncode == 2 and "--seed" in result.stderr and "Traceback" not in result.stderr
+    result = athanor("run", str(config), "--out", str(tmp_path / "run"), "--max-experiments", "0")
+    assert result.returncode == 2 and "--max-experiments" in result.stderr
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_unreadable_inputs_are_reported_with_their_place(tmp_path):
+    dataset = tmp_path / "bad.csv"
+    rows = (ROOT / "data/liang2021/P3HT.csv").read_text().splitlines()[:6]
+    rows[3] = "," + rows[3].split(",", 1)[1]  # an empty input cell on line 4
+    dataset.write_text("\n".join(rows) + "\n")
+    result = athanor("validate", str(write_campaign(tmp_path / "c.yaml", dataset=dataset)))
+    assert result.returncode == 2
+    assert "line 4, column 'P3HT content (%)'" in result.stderr and "Traceback" not in result.stderr
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("campaign: caf\xe9\n".encode("latin-1"))
+    result = athanor("validate", str(latin))
+    assert result.returncode == 2 and "not UTF-8" in result.stderr
+    missing = athanor("status", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no campaign here" in missing.stderr
