@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimizers import run_benchmark  # noqa: E402
+from optimizers import plot, run_benchmark  # noqa: E402
 
 from athanor.simulators.replay import load_pool  # noqa: E402
 
@@ -64,8 +64,17 @@ def main() -> None:
         inputs = [c for c in header.split(",") if c != objective]
         budget = min(len(load_pool(path, inputs, [objective])), args.max_budget)
         print(f"{name}: budget {budget}, {args.repeats} repeats", flush=True)
+        out = out_root / name.removesuffix(".csv")
+        earlier = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else None
         results[name] = run_benchmark(path, inputs, objective, direction, budget, args.repeats, args.designers,
-                                      out_root / name.removesuffix(".csv"), log=print)
+                                      out, log=print)
+        if earlier and (earlier["budget"], earlier["repeats"]) == (budget, args.repeats):
+            # Re-running some designers keeps the others' figures (same seeds, same initial rows).
+            kept = {k: v for k, v in earlier["designers"].items() if k not in results[name]["designers"]}
+            results[name]["designers"] = {**kept, **results[name]["designers"]}
+            results[name]["versions"] = {**earlier.get("versions", {}), **results[name].get("versions", {})}
+            (out / "bench.json").write_text(json.dumps(results[name], indent=1) + "\n")
+            plot(results[name], out / "top5.png")
     for bench in sorted(out_root.glob("*/bench.json")):  # keep earlier datasets' rows in the table
         key = bench.parent.name + ".csv"
         results.setdefault(key, json.loads(bench.read_text()))

@@ -203,3 +203,13 @@ def test_target_outputs_are_standardized_but_not_warped():
     assert np.allclose(Z[:, 0], (Y[:, 0] - Y[:, 0].mean()) / Y[:, 0].std())  # distances keep their units
     assert abs(np.mean(Z[:, 1] ** 3)) < abs(np.mean(((Y[:, 1] - Y[:, 1].mean()) / Y[:, 1].std()) ** 3))  # less skewed
     assert np.allclose(warp.backward(Z), Y)
+
+
+def test_plug_in_log_ei_is_available_and_unknown_acquisitions_refused():
+    spec, space, pool = _pool_space()
+    history = [Observation(inputs=space.pool_inputs(i), pool_index=i,
+                           values={P3HT_OBJECTIVE: float(pool[P3HT_OBJECTIVE][i])}) for i in range(8)]
+    picks = BayesianStrategy(space, spec.objectives, acquisition="qLogEI", **FAST).propose(history, 2, [])
+    assert all("qLogEI" in c.rationale and c.acquisition_value is not None for c in picks)
+    with pytest.raises(ValueError, match="qLogNEI or qLogEI"):
+        BayesianStrategy(space, spec.objectives, acquisition="UCB")
