@@ -64,8 +64,9 @@ class Conductor:
         design: asyncio.Task[None] | None = None
         while True:
             self._consume_inbox()
-            self._apply_policy(self.store.samples())
             samples = self.store.samples()
+            if self._apply_policy(samples):
+                samples = self.store.samples()
             if self.on_progress:
                 self.on_progress(samples)
             self._check_wall_time()
@@ -163,18 +164,22 @@ class Conductor:
             return
         self._log(proposal.model_copy(update={"candidates": candidates}))
 
-    def _apply_policy(self, samples: list[dict[str, Any]]) -> None:
-        """Decide, or ask, for every proposal not yet handled: also those a crash left undecided."""
+    def _apply_policy(self, samples: list[dict[str, Any]]) -> bool:
+        """Decide, or ask, for every proposal not yet handled: also those a crash left undecided.
+        True if anything was logged."""
         auto = self.spec.approval.policy == "auto"
+        handled = False
         for s in samples:
             if s["state"] != "proposed" or (s["awaiting_approval"] and not auto):
                 continue
+            handled = True
             env = self._env(s["id"], s["candidate"].get("proposal_id"))
             if auto:
                 self._log(ApprovalDecision(**env, approved=True, decided_by="policy:auto", channel="policy"))
             else:
                 self._log(ApprovalRequest(**env, policy=self.spec.approval.policy,
                                           reason="every proposal waits for an operator"))
+        return handled
 
     def _consume_inbox(self) -> None:
         # A command is marked consumed only once its decision is logged: a crash in between
