@@ -44,6 +44,9 @@ class DesignSpace:
         if space.pool is not None and pool is None:
             raise ValueError("a pool space needs the pool's input rows")
         self.names = space.input_names
+        if pool is not None:  # per-column min-max scaling, computed once: every feature row uses it
+            lo, hi = pool.min(axis=0), pool.max(axis=0)
+            self._pool_lo, self._pool_span = lo, np.where(hi > lo, hi - lo, 1.0)
         self._comp = space.composition
         if self._comp is not None:
             bounds = np.array(list(self._comp.elements.values()), dtype=float)
@@ -102,9 +105,7 @@ class DesignSpace:
 
     def to_features(self, inputs: dict[str, Any]) -> np.ndarray:
         if self.is_pool:
-            lo, hi = self.pool.min(axis=0), self.pool.max(axis=0)
-            row = np.array([float(inputs[n]) for n in self.names])
-            return (row - lo) / np.where(hi > lo, hi - lo, 1.0)
+            return (np.array([float(inputs[n]) for n in self.names]) - self._pool_lo) / self._pool_span
         x = []
         for p in self.space.parameters:
             if isinstance(p, CategoricalParameter):
@@ -131,8 +132,7 @@ class DesignSpace:
 
     def pool_unit(self) -> np.ndarray:
         """The pool's rows scaled to [0, 1] per column (constant columns map to 0)."""
-        lo, hi = self.pool.min(axis=0), self.pool.max(axis=0)
-        return (self.pool - lo) / np.where(hi > lo, hi - lo, 1.0)
+        return (self.pool - self._pool_lo) / self._pool_span
 
     def pool_inputs(self, index: int) -> dict[str, Any]:
         return {name: float(v) for name, v in zip(self.names, self.pool[index])}
