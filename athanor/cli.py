@@ -99,6 +99,40 @@ def _schema(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise AthanorError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            settings[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            settings[key.strip()] = raw
+    return settings
+
+
+def _world_eval(args: argparse.Namespace) -> int:
+    from pymatgen.core import Composition
+
+    from athanor import registry
+    from athanor.simulators.base import ComputedWorld
+
+    cls = registry.load("athanor.worlds", args.world)
+    if not (isinstance(cls, type) and issubclass(cls, ComputedWorld)):
+        raise AthanorError(f"world {args.world!r} is not computed from a composition (it replays a dataset)")
+    try:
+        composition = Composition(args.composition)
+    except (ValueError, KeyError) as exc:
+        raise AthanorError(f"--composition {args.composition!r}: {exc}") from None
+    if not composition.num_atoms > 0:
+        raise AthanorError(f"--composition {args.composition!r}: no atoms")
+    amounts = {str(el): float(n) for el, n in composition.get_el_amt_dict().items()}
+    result = cls().evaluate(amounts, _parse_settings(args.set))
+    print(json.dumps({"world": args.world, "composition": composition.formula.replace(" ", ""), **result}))
+    return 0
+
+
 def _benchmarks_module(name: str) -> Any:
     """A harness from the checkout's benchmarks/ folder (not installed: it is not product code)."""
     folder = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -152,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     optimizers = _benchmarks_module("optimizers")
     if optimizers is not None:
         optimizers.add_parser(suites)
+
+    world = sub.add_parser("world", help="simulated worlds")
+    world_sub = world.add_subparsers(dest="world_command", required=True)
+    evaluate = world_sub.add_parser("eval", help="print a world's noiseless measurement of one composition as JSON")
+    evaluate.add_argument("world")
+    evaluate.add_argument("--composition", required=True, metavar="FORMULA", help="e.g. Fe0.7Co0.3 or SrTiO3")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (repeatable)")
+    evaluate.set_defaults(func=_world_eval)
 
     schema = sub.add_parser("schema", help="print the message protocol's JSON Schema")
     schema.set_defaults(func=_schema)

@@ -20,6 +20,9 @@ BUILTIN = {
     },
     "athanor.worlds": {
         "replay": "athanor.simulators.replay:ReplayWorld",
+        "alloy": "athanor.simulators.alloy:AlloyWorld",
+        "perovskite": "athanor.simulators.perovskite:PerovskiteWorld",
+        "solid_state": "athanor.simulators.solid_state:SolidStateWorld",
     },
 }
 

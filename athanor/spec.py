@@ -187,6 +187,8 @@ class WorldSpec(_Strict):
     noise: float = Field(default=0.0, ge=0, description="relative sd of multiplicative noise")
     latency_s: float = Field(default=0.0, ge=0, description="instrument time per step")
     failure_rate: float = Field(default=0.0, ge=0, lt=1, description="probability a step fails")
+    drift: float = Field(default=0.0, description="relative calibration drift per sample")
+    time_scale: float = Field(default=0.0, ge=0, description="seconds slept per second of modelled step time")
     options: dict[str, Any] = {}
 
 

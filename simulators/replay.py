@@ -53,9 +53,7 @@ class ReplayWorld:
         if spec.space.pool is None:
             raise AthanorError("world 'replay' needs a pool space (space.pool: dataset and inputs)")
         outputs = spec.output_names
-        w = spec.world
-        conditions = SimulatedConditions(spec.seed, w.noise, w.latency_s, w.failure_rate)
-        return cls(spec.space.pool.dataset, spec.space.pool.inputs, outputs, conditions)
+        return cls(spec.space.pool.dataset, spec.space.pool.inputs, outputs, SimulatedConditions.from_spec(spec))
 
     def synthesize(self, recipe: dict[str, Any], key: str) -> dict[str, Any]:
         index = recipe.get("pool_index")
@@ -71,4 +69,4 @@ class ReplayWorld:
     def measure(self, product: dict[str, Any], probe: str, key: str) -> dict[str, float]:
         rng = self.conditions.run_step(key)
         row = self.pool.iloc[int(product["pool_index"])]
-        return self.conditions.noisy({name: float(row[name]) for name in self.outputs}, rng)
+        return self.conditions.noisy({name: float(row[name]) for name in self.outputs}, rng, key)
