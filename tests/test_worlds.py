@@ -84,3 +84,15 @@ def test_solid_state_campaign_runs(tmp_path, ray_address):
     assert summary["status"] == "completed" and len(results) == 8
     measured = results[results["state"] == "learned"]
     assert len(measured) >= 6 and measured["target_fraction"].between(0.0, 1.0).all()
+
+
+@pytest.mark.slow
+def test_perovskite_campaign_runs(tmp_path, ray_address):
+    config = config_with(tmp_path, "perovskite_chgnet.yaml", {
+        "    anion: O\n": f"    anion: O\n    cache_dir: {tmp_path / 'cache'}\n",
+        "experiments: 6": "experiments: 4"})
+    summary, results = run_config(config, tmp_path / "run", ray_address)
+    assert summary["status"] == "completed" and len(results) == 4
+    measured = results[results["state"] == "learned"]
+    assert len(measured) == 4 and measured["reaction_energy"].between(-1.0, 0.2).all()
+    assert any((tmp_path / "cache").rglob("*.json"))  # the runs were cached where the campaign said
