@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from athanor import registry
 from athanor.agents.common import Agent
 from athanor.messages import SynthesisRecipe, SynthesisRequest, to_wire
-from athanor.planners.routes import DirectRoute
 
 
 class PlannerAgent(Agent):
@@ -14,12 +14,12 @@ class PlannerAgent(Agent):
 
     def __init__(self, spec: dict[str, Any], campaign_id: str):
         super().__init__(spec, campaign_id)
-        self.route = DirectRoute()
+        self.route = registry.make_route(self.spec)
 
     def plan(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             message = self.receive(request, SynthesisRequest)
-            recipe = self.route.plan(message.inputs, message.pool_index)
+            recipe = self.route.plan(message.inputs, message.pool_index, message.history)
             return to_wire(SynthesisRecipe(
                 campaign_id=self.campaign_id, sample_id=message.sample_id, causation_id=message.id,
                 sender=self.role, inputs=message.inputs, pool_index=message.pool_index, **recipe,

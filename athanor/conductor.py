@@ -210,7 +210,12 @@ class Conductor:
             sample = self.store.sample(sample_id)
 
     async def _plan(self, s: dict[str, Any]) -> None:
-        request = SynthesisRequest(**self._env(s["id"]), inputs=s["inputs"], pool_index=s["pool_index"])
+        # The same lag rule as design: only batches certainly finished, so a seed replays the campaign.
+        history = [{"sample_id": x["id"], "recipe": x["recipe"], "state": x["state"], "values": x["values"]}
+                   for x in self.store.samples()
+                   if x["batch"] <= s["batch"] - self.spec.parallel_batches and x.get("recipe")]
+        request = SynthesisRequest(**self._env(s["id"]), inputs=s["inputs"], pool_index=s["pool_index"],
+                                   history=history)
         self._intent(s["id"], "plan", "planner")
         self._log(request)
         reply = await self._call("plan", s["id"], lambda: self.agents.planner.plan.remote(to_wire(request)))

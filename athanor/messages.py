@@ -114,6 +114,8 @@ class SynthesisRequest(Envelope):
     kind: Literal["synthesis_request"] = "synthesis_request"
     inputs: dict[str, InputValue]
     pool_index: int | None = None
+    # Earlier samples' recipes and outcomes, so a route can learn from failed syntheses.
+    history: list[dict[str, Any]] = []
 
 
 class SynthesisRecipe(Envelope):
@@ -123,6 +125,10 @@ class SynthesisRecipe(Envelope):
     pool_index: int | None = None
     precursors: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
+    target: str | None = None
+    reaction: str | None = None
+    score: float | None = None
+    details: dict[str, Any] = {}
 
 
 class SynthesisResult(Envelope):

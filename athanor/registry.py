@@ -18,6 +18,10 @@ BUILTIN = {
         "sobol": "athanor.planners.random:SobolStrategy",
         "bayesian": "athanor.planners.bayesian:BayesianStrategy",
     },
+    "athanor.routes": {
+        "direct": "athanor.planners.routes:DirectRoute",
+        "solid_state": "athanor.planners.synthesis:SolidStateRoute",
+    },
     "athanor.worlds": {
         "replay": "athanor.simulators.replay:ReplayWorld",
         "alloy": "athanor.simulators.alloy:AlloyWorld",
@@ -27,7 +31,7 @@ BUILTIN = {
 }
 
 
-KIND = {"athanor.strategies": "strategy", "athanor.worlds": "world"}
+KIND = {"athanor.strategies": "strategy", "athanor.routes": "synthesis route", "athanor.worlds": "world"}
 
 
 def available(group: str) -> dict[str, str]:
@@ -49,12 +53,22 @@ def make_world(spec: Any) -> Any:
     return load("athanor.worlds", spec.world.kind).from_campaign(spec)
 
 
+def make_route(spec: Any) -> Any:
+    """The campaign's synthesis route, built from `planner.options`."""
+    cls = load("athanor.routes", spec.planner.route)
+    try:
+        return cls(**spec.planner.options)
+    except TypeError as exc:
+        raise AthanorError(f"planner.options: {exc}") from None
+
+
 def check_plugins(spec: Any) -> None:
     """Fail early, with the file's field named, on a strategy or world nobody provides."""
     from athanor.errors import SpecError
 
     problems = []
     for field, group, name in (("designer.strategy", "athanor.strategies", spec.designer.strategy),
+                               ("planner.route", "athanor.routes", spec.planner.route),
                                ("world.kind", "athanor.worlds", spec.world.kind)):
         known = available(group)
         if name not in known:
@@ -62,3 +76,4 @@ def check_plugins(spec: Any) -> None:
     if problems:
         raise SpecError("campaign", problems)
     make_world(spec)  # a world checks that the campaign suits it (e.g. replay needs a pool space)
+    make_route(spec)

@@ -182,6 +182,11 @@ class DesignerSpec(_Strict):
     options: dict[str, Any] = {}
 
 
+class PlannerSpec(_Strict):
+    route: str = "direct"
+    options: dict[str, Any] = {}
+
+
 class WorldSpec(_Strict):
     kind: str = "replay"
     noise: float = Field(default=0.0, ge=0, description="relative sd of multiplicative noise")
@@ -220,6 +225,7 @@ class Campaign(_Strict):
     batch_size: int = Field(default=4, ge=1)
     parallel_batches: int = Field(default=2, ge=1, description="batches in flight at once")
     designer: DesignerSpec = DesignerSpec()
+    planner: PlannerSpec = PlannerSpec()
     world: WorldSpec = WorldSpec()
     instruments: list[InstrumentSpec] = Field(default_factory=default_instruments)
     approval: ApprovalSpec = ApprovalSpec()

@@ -6,7 +6,7 @@ recipe. Chemistry-aware routes (precursors, balanced reactions, heating profiles
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 
 class DirectRoute:
@@ -14,7 +14,8 @@ class DirectRoute:
 
     name = "direct"
 
-    def plan(self, inputs: dict[str, Any], pool_index: int | None) -> dict[str, Any]:
+    def plan(self, inputs: dict[str, Any], pool_index: int | None,
+             history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         action = {"action": "retrieve", "pool_index": pool_index} if pool_index is not None else {
             "action": "process", "parameters": inputs}
         return {"route": "pool-retrieval" if pool_index is not None else self.name, "steps": [action],
