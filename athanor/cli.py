@@ -133,6 +133,17 @@ def _world_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from athanor.planners.synthesis import plan_report
+
+    if not args.batch_g > 0:
+        raise AthanorError(f"--batch-g must be positive, got {args.batch_g}")
+    if args.top < 1:
+        raise AthanorError(f"--top must be at least 1, got {args.top}")
+    print(json.dumps(plan_report(args.formula, batch_g=args.batch_g, top=args.top), indent=2))
+    return 0
+
+
 def _benchmarks_module(name: str) -> Any:
     """A harness from the checkout's benchmarks/ folder (not installed: it is not product code)."""
     folder = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -186,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     optimizers = _benchmarks_module("optimizers")
     if optimizers is not None:
         optimizers.add_parser(suites)
+
+    plan = sub.add_parser("plan", help="ranked solid-state synthesis recipes for a target, as JSON")
+    plan.add_argument("formula", help="the target, e.g. BaTiO3")
+    plan.add_argument("--batch-g", type=float, default=5.0, help="grams of target to make (default 5)")
+    plan.add_argument("--top", type=int, default=5, help="how many recipes (default 5)")
+    plan.set_defaults(func=_plan)
 
     world = sub.add_parser("world", help="simulated worlds")
     world_sub = world.add_subparsers(dest="world_command", required=True)

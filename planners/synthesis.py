@@ -1,0 +1,483 @@
+"""Solid-state synthesis routes: precursor sets, balanced reactions, masses, heating, learning from failure.
+
+For a target (an oxide, or any compound free of C, H, N) the planner enumerates sets of library
+precursors (planners/precursors.py) that supply every element but O, with no redundant member and
+nothing else but C, H, N, O; balances each with pymatgen's `Reaction` as precursors (+ O2) → target
++ CO2 (for C) + H2O (H) + NO2 (N) (+ O2), dropping sets that would need a precursor as a product;
+proposes a heating profile; scores the route; and computes masses for `batch_g` grams of target,
+checking that every element is conserved.
+
+Score (higher is better; each term in `details.score_breakdown`):
+
+    score = 2·f(DF) − log10(1 + cost_usd) − 0.25·(n − 1) − Σ hazard weights − 0.5·[NO2 released]
+            − 0.5·[a metal powder is oxidized]
+
+DF = −ΔrG(T) per atom of the target formula, eV/atom, with ΔrG(T) ≈ ΔrH°298 − T·Σ ν_gas S°gas (the
+gases' entropy dominates a solid-state reaction's ΔS) at the dwell temperature T; ΔrH from ΔfH° of
+precursors, gases and target (tabulated; else estimated from binary library oxides of the same
+oxidation states with ΔH_ox = 0; else unknown: DF = 0, neutral, flagged). f(x) = 0.5·tanh(x/0.5)
+saturates: beyond ~0.5 eV/atom more driving force does not make a route better. cost_usd: the batch's
+precursors; n: number of precursors; hazard weights per flag of each precursor (HAZARD_WEIGHTS);
+NOx fumes need extraction; oxidizing a metal powder in the bed is strongly exothermic (runaway) and
+often incomplete (oxide-coated cores), which the overall ΔrG would otherwise reward.
+
+Heating (Tamman's rule). Each precursor is followed to what it is at the dwell (carbonates, nitrates,
+hydroxides → oxides; metals → oxides when the target has O; Co3O4 → CoO); its Tamman temperature is
+2/3 of that phase's melting point in K. Reaction sets in near the lowest one (the most mobile
+reactant); the dwell is 150 °C above it, clamped to 600–1500 °C, 50 °C under the lowest melting point
+of those phases and under any precursor's max_dwell_c (Li loss 900 °C; Fe2O3 → Fe3O4 + O2 1340 °C),
+rounded down to 5 °C; 8 h.
+Precursors that release gas (or metals that oxidize) get a 4 h calcination hold first, at their
+highest decomposition temperature but ≥ 100 °C under the dwell and 50 °C under the melting point of
+one that melts (at ≥ 350 °C; hydrates melt in their own water) before it decomposes; at least 300 °C.
+Ramp 5 °C/min. Atmosphere: air; N2 when the cations are reduced (O2 released beyond what nitrate →
+NO2 releases, e.g. MnO2 → LaMnO3); Ar for an oxygen-free target. Inputs temperature_c, time_h,
+atmosphere, ramp_c_per_min (designed by the campaign) override the rule.
+
+Learning from failure (after A-Lab): `record(recipe, target_fraction)` files the outcome in a
+RouteMemory (a JSON-able list; `RouteMemory.from_history` rebuilds it). Planning picks the best
+(route, dwell) option, dwell ∈ {rule, +100, +200 °C} under the route's cap, by score − 0.1 per 100 °C
+raised − penalties from failures (target_fraction < threshold) of the same target and precursor set:
+100 (never again) in the same 50 °C band; for an incomplete reaction (precursor_fraction ≥
+impurity_fraction, both given) 100 at or below the failed temperature and none above (raise the
+temperature); otherwise (impurities, or cause unknown) 1 at every temperature (next route).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Iterable, Sequence
+
+from athanor.errors import AthanorError
+from athanor.planners.precursors import (GAS_FOR, GAS_RELEASING, Library, composition, composition_key, elements,
+                                         load_library, molar_mass, reduced_key, target_elements)
+from athanor.planners.precursors import number as _number
+
+EV_KJ = 96.485332  # kJ/mol per eV
+W_DF, DF_SCALE, W_COST, W_N, W_NOX, W_METAL = 2.0, 0.5, 1.0, 0.25, 0.5, 0.5
+HAZARD_WEIGHTS = {"pyrophoric": 1.0, "flammable": 0.7, "carcinogen": 0.3, "toxic": 0.3, "oxidizer": 0.3,
+                  "corrosive": 0.3, "hygroscopic": 0.3, "irritant": 0.1}
+T_MIN_C, T_MAX_C, ONSET_MARGIN_C, MELT_MARGIN_C, PRE_GAP_C, PRE_MIN_C = 600.0, 1500.0, 150.0, 50.0, 100.0, 300.0
+PRE_H, DWELL_H, RAMP_C_PER_MIN = 4.0, 8.0, 5.0
+ATMOSPHERES = ("air", "O2", "N2", "Ar")
+THRESHOLD, BAND_C, RAISE_C, RAISES, RAISE_PENALTY, SET_PENALTY, NEVER = 0.5, 50.0, 100.0, 2, 0.1, 1.0, 100.0
+MAX_PRECURSORS = 4
+
+
+def _floor5(x: float) -> float:
+    return 5.0 * math.floor(x / 5.0 + 1e-9)
+
+
+def _exact(x: float) -> float:
+    """Snap a balancing coefficient to a simple fraction (1/3, 1/12) where it is one to 1e-9."""
+    fr = Fraction(x).limit_denominator(1000)
+    return float(fr) if abs(float(fr) - x) <= 1e-9 * max(1.0, abs(x)) else float(x)
+
+
+@dataclass(frozen=True)
+class Balanced:
+    """precursors (+ O2) → 1 target + gases; nu: mol per mol target; gases: released > 0, taken up < 0."""
+
+    target: str
+    nu: dict[str, float]
+    gases: dict[str, float]
+
+    @property
+    def precursors(self) -> tuple[str, ...]:
+        return tuple(self.nu)
+
+    def equation(self) -> str:
+        terms = [*((p, -v) for p, v in self.nu.items()), (self.target, 1.0), *self.gases.items()]
+        fracs = [Fraction(v).limit_denominator(1000) for _, v in terms]
+        scale = math.lcm(*(f.denominator for f in fracs))
+        exact = all(abs(float(f) - v) < 1e-9 for f, (_, v) in zip(fracs, terms))
+        nums = [float(f * scale) if exact else v for f, (_, v) in zip(fracs, terms)]
+        fmt = lambda x: "" if abs(abs(x) - 1) < 1e-9 else f"{abs(x):.6g} "  # noqa: E731
+        left = [f"{fmt(x)}{k}" for (k, _), x in zip(terms, nums) if x < -1e-12]
+        right = [f"{fmt(x)}{k}" for (k, _), x in zip(terms, nums) if x > 1e-12]
+        return f"{' + '.join(left)} -> {' + '.join(right)}"
+
+
+def balance(target: str, precursors: Iterable[str]) -> Balanced | None:
+    """Balance precursors (+ O2) → target + CO2/H2O/NO2 (+ O2) with pymatgen; None if it cannot be done
+    with every precursor consumed and the gases released."""
+    from pymatgen.analysis.reaction_calculator import Reaction, ReactionError
+    from pymatgen.core import Composition
+
+    target_elements(target)
+    precursors = list(precursors)
+    present = set().union(*(elements(p) for p in precursors)) if precursors else set()
+    gases = [GAS_FOR[e] for e in "CHN" if e in present]
+    t, o2, comps = composition(target), Composition("O2"), [composition(p) for p in precursors]
+    try:
+        r = Reaction([*comps, o2], [t, *(Composition(g) for g in gases)])
+        r.normalize_to(t)
+        nu = {p: _exact(-float(r.get_coeff(c))) for p, c in zip(precursors, comps)}
+        gas = {g: _exact(float(r.get_coeff(Composition(g)))) for g in [*gases, "O2"]}
+    except (ReactionError, ValueError):
+        return None
+    if any(v <= 1e-9 for v in nu.values()) or any(gas[g] < -1e-9 for g in gases):
+        return None
+    gas = {g: v for g, v in gas.items() if abs(v) > 1e-12}
+    want = elements(target)
+    for e in set(want) | present:
+        have = sum(v * elements(p).get(e, 0.0) for p, v in nu.items())
+        out = want.get(e, 0.0) + sum(v * elements(g).get(e, 0.0) for g, v in gas.items())
+        if abs(have - out) > 1e-9 * max(1.0, out):
+            return None
+    return Balanced(target, nu, gas)
+
+
+def precursor_sets(target: str, library: Library, allowed: Iterable[str] | None = None) -> list[tuple[str, ...]]:
+    """Sets of library precursors that supply each element of the target but O, none redundant."""
+    amounts = target_elements(target)
+    supplied, oxygen = set(amounts) - {"O"}, "O" in amounts
+    okay = set(amounts) | {"O", "C", "H", "N"}
+    names = list(library.precursors) if allowed is None else [library.find(a) or a for a in allowed]
+    unknown = [a for a in names if a not in library.precursors]
+    if unknown:
+        raise AthanorError(f"precursor {unknown[0]!r} is not in the library {library.path}")
+    relevant = [f for f in names if set(elements(f)) <= okay and set(elements(f)) & supplied
+                and (oxygen or library.precursors[f].kind == "metal") and composition_key(f) != composition_key(target)]
+    missing = sorted(e for e in supplied if not any(e in elements(f) for f in relevant))
+    if missing:
+        raise AthanorError(f"target {target}: no library precursor supplies {', '.join(missing)}")
+    order = list(amounts)
+    found: set[tuple[str, ...]] = set()
+
+    def grow(chosen: frozenset[str], covered: set[str]) -> None:
+        left = [e for e in order if e in supplied - covered]
+        if not left:
+            sups = {f: set(elements(f)) & supplied for f in chosen}
+            if all(sups[f] - set().union(*(sups[g] for g in chosen if g != f)) for f in chosen):
+                found.add(tuple(sorted(chosen, key=lambda f: (min(order.index(e) for e in sups[f]), f))))
+        elif len(chosen) < MAX_PRECURSORS:
+            for f in relevant:
+                if left[0] in elements(f) and f not in chosen:
+                    grow(chosen | {f}, covered | set(elements(f)))
+
+    grow(frozenset(), set())
+    return sorted(found)
+
+
+def target_enthalpy(target: str, library: Library) -> tuple[float | None, str]:
+    """ΔfH° of the target (kJ/mol) and its basis: tabulated, estimated from binary oxides, or unknown."""
+    hit = library.target_enthalpy(target)
+    if hit is not None:
+        return hit[0], f"tabulated ({library.sources.get(hit[1], hit[1])})"
+    oxides = [f for f, p in library.precursors.items() if p.kind == "oxide" and p.dfh_kj_mol is not None]
+    try:
+        sets = precursor_sets(target, library, oxides)
+    except AthanorError:
+        sets = []
+    for s in sets:
+        b = balance(target, s)
+        if b is not None and "O2" not in b.gases:
+            value = sum(v * library.precursors[p].dfh_kj_mol for p, v in b.nu.items())
+            return value, f"estimated: ΔH from {' + '.join(s)} taken as 0"
+    return None, "unknown: neutral driving force"
+
+
+def heating_profile(b: Balanced, library: Library) -> dict[str, Any]:
+    """Tamman's-rule heating profile for a balanced route (see the module docstring)."""
+    oxidizing = "O" in elements(b.target)
+    ps = [library.precursors[f] for f in b.precursors]
+    phases = {library.refractory(p.formula, oxidizing).formula: None for p in ps}
+    tamman = {f: round(2 / 3 * (library.precursors[f].melts_c + 273.15) - 273.15, 1) for f in phases}
+    onset = min(tamman.values())
+    caps = {"furnace limit": T_MAX_C, **{f"{MELT_MARGIN_C:g} °C under the melting point of {f}":
+                                         library.precursors[f].melts_c - MELT_MARGIN_C for f in phases}}
+    caps.update({f"max_dwell_c of {p.formula} ({p.note})": p.max_dwell_c for p in ps if p.max_dwell_c is not None})
+    cap_why = min(caps, key=caps.get)
+    cap = _floor5(caps[cap_why])
+    dwell = _floor5(min(max(onset + ONSET_MARGIN_C, T_MIN_C), cap))
+    releasers = [p for p in ps if p.kind in GAS_RELEASING or (p.kind == "metal" and oxidizing)]
+    pre = None
+    if releasers:
+        limits = [max([p.decomposes_c for p in releasers if p.decomposes_c is not None], default=PRE_MIN_C),
+                  dwell - PRE_GAP_C]
+        limits += [p.melts_c - MELT_MARGIN_C for p in releasers if p.melts_c is not None
+                   and p.melts_c >= PRE_MIN_C + MELT_MARGIN_C and p.melts_c < (p.decomposes_c or math.inf)]
+        pre = max(_floor5(min(limits)), PRE_MIN_C) if dwell - PRE_GAP_C >= PRE_MIN_C else None
+    redox = b.gases.get("O2", 0.0) - 0.25 * b.gases.get("NO2", 0.0)
+    atmosphere = "Ar" if not oxidizing else "N2" if redox > 1e-9 else "air"
+    notes = [f"{p.formula} alone decomposes at {p.decomposes_c:g} °C, above the dwell: it must react with the others"
+             for p in releasers if p.decomposes_c is not None and p.decomposes_c > dwell]
+    if atmosphere == "N2":
+        notes.append("N2: the cations are reduced (O2 is released); air works where the target is stable in it")
+    if dwell >= cap:
+        notes.append(f"dwell capped: {cap_why}")
+    return {"tamman_c": tamman, "onset_c": onset, "dwell_c": dwell, "cap_c": cap, "cap_reason": cap_why,
+            "calcination_c": pre, "atmosphere": atmosphere, "notes": notes}
+
+
+def _energy(b: Balanced, library: Library, dwell_c: float, dfh_t: tuple[float | None, str]) -> dict[str, Any]:
+    known = [library.precursors[p].dfh_kj_mol for p in b.precursors]
+    atoms = sum(elements(b.target).values())
+    if dfh_t[0] is None or None in known:
+        return {"basis": dfh_t[1] if dfh_t[0] is None else "unknown: a precursor has no ΔfH in the library",
+                "ev_per_atom": None}
+    dh = dfh_t[0] + sum(v * library.gases[g].dfh_kj_mol for g, v in b.gases.items()) - sum(
+        v * library.precursors[p].dfh_kj_mol for p, v in b.nu.items())
+    ds = sum(v * library.gases[g].s_j_mol_k for g, v in b.gases.items()) / 1000.0
+    dg = dh - (dwell_c + 273.15) * ds
+    return {"basis": dfh_t[1], "dH_kj_per_mol": round(dh, 3), "dG_kj_per_mol": round(dg, 3),
+            "T_c": dwell_c, "ev_per_atom": round(-dg / atoms / EV_KJ, 5)}
+
+
+@dataclass
+class RouteOption:
+    balanced: Balanced
+    heating: dict[str, Any]
+    energy: dict[str, Any]
+    cost_usd: float
+    score: float
+    breakdown: dict[str, float]
+
+
+def masses(b: Balanced, batch_g: float) -> list[dict[str, Any]]:
+    """mol and grams of each precursor for `batch_g` grams of target; checks element conservation."""
+    n = _number(batch_g, "batch mass (g)", positive=True) / molar_mass(b.target)
+    out = [{"formula": p, "mol": v * n, "mass_g": v * n * molar_mass(p)} for p, v in b.nu.items()]
+    for e, k in elements(b.target).items():
+        have = sum(x["mass_g"] / molar_mass(x["formula"]) * elements(x["formula"]).get(e, 0.0) for x in out)
+        if e != "O" and abs(have - k * n) > 1e-9 * k * n:
+            raise AthanorError(f"internal: {e} not conserved in {b.equation()}")
+    return out
+
+
+def rank_routes(target: str, library: Library | None = None, batch_g: float = 5.0, temperature_c: float | None = None,
+                allowed: Iterable[str] | None = None) -> list[RouteOption]:
+    """Every balanced route to the target, best score first (ties by formula)."""
+    library = library or load_library()
+    batch_g = _number(batch_g, "batch mass (g)", positive=True)
+    dfh_t = target_enthalpy(target, library)
+    out = []
+    for s in precursor_sets(target, library, allowed):
+        b = balance(target, s)
+        if b is None:
+            continue
+        heat = heating_profile(b, library)
+        energy = _energy(b, library, heat["dwell_c"] if temperature_c is None else temperature_c, dfh_t)
+        cost = sum(x["mass_g"] / 1000 * library.precursors[x["formula"]].cost_usd_per_kg for x in masses(b, batch_g))
+        df = energy["ev_per_atom"]
+        oxidized = "O" in elements(target) and any(library.precursors[p].kind == "metal" for p in s)
+        terms = {"driving_force": W_DF * DF_SCALE * math.tanh(df / DF_SCALE) if df is not None else 0.0,
+                 "cost": -W_COST * math.log10(1 + cost), "n_precursors": -W_N * (len(s) - 1),
+                 "hazards": -sum(HAZARD_WEIGHTS[h] for p in s for h in library.precursors[p].hazards),
+                 "nox_fumes": -W_NOX if b.gases.get("NO2", 0) > 0 else 0.0,
+                 "metal_oxidation": -W_METAL if oxidized else 0.0}
+        out.append(RouteOption(b, heat, energy, cost, sum(terms.values()), {k: round(v, 4) for k, v in terms.items()}))
+    if not out:
+        raise AthanorError(f"target {target}: no library precursor set balances to it")
+    return sorted(out, key=lambda o: (-o.score, o.balanced.precursors))
+
+
+class RouteMemory:
+    """Outcomes of past syntheses: a plain list of {target, precursors, temperature_c, target_fraction, ...}."""
+
+    def __init__(self, outcomes: list[dict[str, Any]] | None = None, threshold: float = THRESHOLD):
+        self.threshold = _number(threshold, "route memory threshold")
+        self.outcomes: list[dict[str, Any]] = []
+        for i, item in enumerate(outcomes or []):
+            if not isinstance(item, dict):
+                raise AthanorError(f"route memory: item {i + 1}: expected a mapping, got {item!r}")
+            try:
+                self.add(**item)
+            except (TypeError, AthanorError) as exc:
+                raise AthanorError(f"route memory: item {i + 1}: {exc}") from None
+
+    @classmethod
+    def from_history(cls, items: list[dict[str, Any]], threshold: float = THRESHOLD) -> RouteMemory:
+        return cls(items, threshold)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [dict(o) for o in self.outcomes]
+
+    def add(self, target: str, precursors: list[str], temperature_c: float, target_fraction: float,
+            precursor_fraction: float | None = None, impurity_fraction: float | None = None) -> dict[str, Any]:
+        target_elements(target)
+        if not isinstance(precursors, (list, tuple)) or not precursors or any(not isinstance(p, str)
+                                                                               for p in precursors):
+            raise AthanorError(f"precursors must be a list of formulas, got {precursors!r}")
+        item = {"target": target, "precursors": sorted(precursors),
+                "temperature_c": _number(temperature_c, "temperature_c"),
+                "target_fraction": _number(target_fraction, "target_fraction")}
+        for k, v in (("precursor_fraction", precursor_fraction), ("impurity_fraction", impurity_fraction)):
+            if v is not None:
+                item[k] = _number(v, k)
+        self.outcomes.append(item)
+        return item
+
+    def failures(self, target: str, precursors: Iterable[str]) -> list[dict[str, Any]]:
+        key = sorted(composition_key(p) for p in precursors)
+        return [o for o in self.outcomes if o["target_fraction"] < self.threshold
+                and reduced_key(o["target"]) == reduced_key(target)
+                and sorted(composition_key(p) for p in o["precursors"]) == key]
+
+    def penalty(self, target: str, precursors: Iterable[str], temperature_c: float) -> tuple[float, list[str]]:
+        pen, why = 0.0, []
+        for f in self.failures(target, precursors):
+            t, ok = f["temperature_c"], f"{f['target_fraction']:.2f} at {f['temperature_c']:g} °C"
+            incomplete = f.get("precursor_fraction", -1.0) >= f.get("impurity_fraction", math.inf)
+            if math.floor(t / BAND_C) == math.floor(temperature_c / BAND_C) or (incomplete and temperature_c <= t):
+                pen += NEVER
+                why.append(f"failed ({ok}): not repeated")
+            elif incomplete:
+                why.append(f"incomplete reaction ({ok}): hotter")
+            else:
+                pen += SET_PENALTY
+                why.append(f"failed ({ok}): next route preferred")
+        return pen, why
+
+
+class SolidStateRoute:
+    """Chemistry-aware route: the ranked, memory-aware solid-state recipe for a target (see the module docstring)."""
+
+    name = "solid_state"
+
+    def __init__(self, target: str | None = None, batch_g: float = 5.0, library: Library | str | None = None,
+                 precursors: Iterable[str] | None = None, memory: RouteMemory | None = None,
+                 threshold: float = THRESHOLD):
+        self.library = library if isinstance(library, Library) else load_library(library)
+        self.batch_g = _number(batch_g, "batch mass (g)", positive=True)
+        self.target = target
+        if target is not None:
+            target_elements(target)
+        self.allowed = None
+        if precursors:
+            missing = [p for p in precursors if self.library.find(p) is None]
+            if missing:
+                raise AthanorError(f"precursor {missing[0]!r} is not in the library {self.library.path}")
+            self.allowed = [self.library.find(p) for p in precursors]
+        self.memory = memory if memory is not None else RouteMemory(threshold=threshold)
+        self._ranked: dict[tuple[str, float | None], list[RouteOption]] = {}
+
+    def ranked(self, target: str, temperature_c: float | None = None) -> list[RouteOption]:
+        key = (target, temperature_c)
+        if key not in self._ranked:
+            self._ranked[key] = rank_routes(target, self.library, self.batch_g, temperature_c, self.allowed)
+        return self._ranked[key]
+
+    def plan(self, inputs: dict[str, Any] | None, pool_index: int | None = None,
+             history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """The best recipe now. `history` holds earlier samples as the conductor logged them
+        ({recipe, values, state}); their outcomes join the route memory for this call only, so the
+        plan depends on the store alone and a resumed campaign plans the same way."""
+        from pymatgen.core import Element
+
+        memory = RouteMemory.from_history(self.memory.to_list(), self.memory.threshold)
+        for item in history:
+            values = item.get("values") or {}
+            if item.get("recipe") and "target_fraction" in values:
+                self._file(memory, item["recipe"], values["target_fraction"],
+                           values.get("precursor_fraction"), values.get("impurity_fraction"))
+        inputs = dict(inputs or {})
+        target = self.target or inputs.get("target") or inputs.get("formula")
+        if not target:
+            raise AthanorError("solid_state route: no target: set the route's target or give `target` in the inputs")
+        t_set = _number(inputs["temperature_c"], "temperature_c") if "temperature_c" in inputs else None
+        options = []
+        for rank, opt in enumerate(self.ranked(target, t_set)):
+            rule, cap = opt.heating["dwell_c"], opt.heating["cap_c"]
+            temps = [t_set] if t_set is not None else [rule + k * RAISE_C for k in range(RAISES + 1)
+                                                       if k == 0 or rule + k * RAISE_C <= cap]
+            for t in temps:
+                pen, why = memory.penalty(target, opt.balanced.precursors, t)
+                raised = RAISE_PENALTY * (t - rule) / RAISE_C if t_set is None else 0.0
+                options.append((opt.score - raised - pen, -rank, -t, rank, opt, t, pen, why))
+        total, _, _, rank, opt, t, pen, why = max(options, key=lambda o: o[:3])
+        fractions = {k: _number(v, k) for k, v in inputs.items() if isinstance(k, str) and Element.is_valid_symbol(k)}
+        recipe = _recipe(opt, self.library, self.batch_g, rank, t, inputs, fractions)
+        recipe["score"] = round(total, 6)
+        recipe["details"]["memory"] = {"base_score": round(opt.score, 6), "penalty": pen, "reasons": why,
+                                       "temperature_raised_c": t - opt.heating["dwell_c"]}
+        if pen >= NEVER:
+            recipe["details"]["notes"].append("every option has failed before; this one least often")
+        return recipe
+
+    def record(self, recipe: dict[str, Any], target_fraction: float, precursor_fraction: float | None = None,
+               impurity_fraction: float | None = None) -> dict[str, Any]:
+        """File a synthesis outcome (a recipe from `plan`, or its SynthesisRecipe) in the route memory."""
+        return self._file(self.memory, recipe, target_fraction, precursor_fraction, impurity_fraction)
+
+    def _file(self, memory: RouteMemory, recipe: dict[str, Any], target_fraction: float,
+              precursor_fraction: float | None, impurity_fraction: float | None) -> dict[str, Any]:
+        target = recipe.get("target") or self.target
+        if not target:
+            raise AthanorError("record: the recipe names no target and the route has none")
+        names = [p.get("formula") if isinstance(p, dict) else p for p in recipe.get("precursors") or []]
+        names = [self.library.find(p) or p if isinstance(p, str) else p for p in names]
+        temps = [s["temperature_c"] for s in recipe.get("steps") or [] if isinstance(s, dict) and "temperature_c" in s]
+        if not temps and "temperature_c" in (recipe.get("inputs") or {}):
+            temps = [recipe["inputs"]["temperature_c"]]
+        if not temps:
+            raise AthanorError("record: the recipe has no heating temperature")
+        return memory.add(target, names, max(_number(t, "temperature_c") for t in temps), target_fraction,
+                          precursor_fraction, impurity_fraction)
+
+
+def _recipe(opt: RouteOption, library: Library, batch_g: float, rank: int, dwell: float, inputs: dict[str, Any],
+            fractions: dict[str, float]) -> dict[str, Any]:
+    b, heat = opt.balanced, opt.heating
+    amounts, notes = masses(b, batch_g), list(heat["notes"])
+    if fractions:
+        amounts = _ratio_amounts(b, batch_g, fractions)
+        notes.append("amounts matched to the designed cation ratio "
+                     + ", ".join(f"{e} {v:g}" for e, v in fractions.items()))
+    atmosphere = inputs.get("atmosphere", heat["atmosphere"])
+    if atmosphere not in ATMOSPHERES:
+        raise AthanorError(f"atmosphere must be one of {', '.join(ATMOSPHERES)}, got {atmosphere!r}")
+    ramp = _number(inputs.get("ramp_c_per_min", RAMP_C_PER_MIN), "ramp_c_per_min", positive=True)
+    hold = _number(inputs.get("time_h", DWELL_H), "time_h")
+    if hold < 0:
+        raise AthanorError(f"time_h cannot be negative, got {hold:g}")
+    heat_step = {"action": "heat", "ramp_c_per_min": ramp, "atmosphere": atmosphere}
+    steps = [{"action": "dose", "formula": x["formula"], "mass_g": x["mass_g"]} for x in amounts]
+    pre = heat["calcination_c"]
+    if pre is not None and pre <= dwell - PRE_GAP_C:
+        steps.append({**heat_step, "temperature_c": pre, "time_h": PRE_H, "purpose": "calcination (gas release)"})
+    steps.append({**heat_step, "temperature_c": dwell, "time_h": hold, "purpose": "reaction dwell"})
+    return {
+        "route": "solid_state", "target": b.target, "reaction": b.equation(),
+        "precursors": amounts, "steps": steps, "score": round(opt.score, 6),
+        "details": {"rank": rank + 1, "score_breakdown": opt.breakdown, "driving_force": opt.energy,
+                    "byproducts": {g: v for g, v in b.gases.items() if v > 0},
+                    "o2_taken_up": -b.gases["O2"] if b.gases.get("O2", 0) < 0 else 0.0,
+                    "tamman_c": heat["onset_c"], "heating": {k: v for k, v in heat.items() if k != "notes"},
+                    "cost_usd": round(opt.cost_usd, 4), "batch_g": batch_g,
+                    "hazards": {p: list(library.precursors[p].hazards) for p in b.precursors},
+                    "notes": notes}}
+
+
+def _ratio_amounts(b: Balanced, batch_g: float, fractions: dict[str, float]) -> list[dict[str, Any]]:
+    """Precursor amounts whose cations stand in the designed ratio (same total cation mol as the batch)."""
+    import numpy as np
+
+    want = elements(b.target)
+    cations = [e for e in want if e != "O"]
+    extra, missing = sorted(set(fractions) - set(cations)), sorted(set(cations) - set(fractions))
+    if extra or missing:
+        raise AthanorError(f"inputs give the cations {', '.join(sorted(fractions))}, "
+                           f"but {b.target} has {', '.join(cations)}")
+    total = sum(fractions.values())
+    if total <= 0 or min(fractions.values()) < 0:
+        raise AthanorError(f"cation fractions must be non-negative with a positive sum, got {fractions}")
+    n = batch_g / molar_mass(b.target) * sum(want[e] for e in cations)
+    a = np.array([[elements(p).get(e, 0.0) for p in b.precursors] for e in cations])
+    x, *_ = np.linalg.lstsq(a, np.array([fractions[e] / total * n for e in cations]), rcond=None)
+    if np.abs(a @ x - [fractions[e] / total * n for e in cations]).max() > 1e-9 * n or (x < 0).any():
+        raise AthanorError(f"the precursors {', '.join(b.precursors)} cannot give the cation ratio {fractions}")
+    return [{"formula": p, "mol": float(v), "mass_g": float(v) * molar_mass(p)} for p, v in zip(b.precursors, x)]
+
+
+def plan_report(formula: str, batch_g: float = 5.0, top: int = 5,
+                library: Library | str | None = None) -> list[dict[str, Any]]:
+    """The `top` best recipes for a target at their rule temperatures, JSON-serializable (`athanor plan`)."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise AthanorError(f"top must be a positive integer, got {top!r}")
+    lib = library if isinstance(library, Library) else load_library(library)
+    options = rank_routes(formula, lib, batch_g)
+    return [_recipe(o, lib, float(batch_g), i, o.heating["dwell_c"], {}, {}) for i, o in enumerate(options[:top])]
