@@ -2,7 +2,8 @@
 
 A device is told what to work on through a setpoint signal (the recipe, or the product to probe);
 `trigger()` asks the world and publishes the result on its readback signals, so a Bluesky plan
-reads it like any detector and the run's documents hold the raw data.
+reads it like any detector and the run's documents hold the raw data. These two are the generic
+ones, for any world; lab.py has the doser, furnace and diffractometer of worlds that model them.
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ def _attr(name: str, taken: set[str]) -> str:
     return attr
 
 
-def make_probe(world: World, name: str = "probe") -> _ProbeBase:
-    """A property probe with one float channel per output of the world (names made identifiers)."""
+def make_probe(world: World, name: str = "probe", outputs: list[str] | None = None) -> _ProbeBase:
+    """A property probe with one float channel per output of the world (names made identifiers), or
+    per output named in `outputs`."""
     taken = {"sample"}
-    channels = {_attr(output, taken): output for output in world.outputs}
+    channels = {_attr(output, taken): output for output in (world.outputs if outputs is None else outputs)}
     components = {attr: Cpt(Signal, value=float("nan"), kind="hinted") for attr in channels}
     cls = type("SimulatedPropertyProbe", (_ProbeBase,), {**components, "channels": channels})
     return cls(name=name, world=world)

@@ -100,6 +100,19 @@ class DesignSpace:
         return list(range(k, k + len(self._comp.elements)))
 
     @property
+    def fraction_dims(self) -> list[int]:
+        """Feature dims that are fractions of a whole: a composition's, or a pool whose input columns
+        sum to the same total in every row, within the 2 % that rounding in a table leaves (a blend
+        in %, or a composition tabulated to two decimals)."""
+        if not self.is_pool:
+            return self.comp_dims
+        totals = self.pool.sum(axis=1)
+        scale = np.abs(np.median(totals))
+        if self.pool.shape[1] < 2 or scale == 0 or np.ptp(totals) > 0.02 * scale or (self.pool < 0).any():
+            return []
+        return list(range(self.pool.shape[1]))
+
+    @property
     def comp_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self._comp_low, self._comp_high
 

@@ -3,7 +3,9 @@
 Recipe → product. Precursor powders (library phases, amounts in mol) are heated along a program
 (ramp from 25 °C at `ramp_c_per_min`, hold `time_h` at `temperature_c`, cool at the same rate; or
 several heating steps) in an atmosphere that sets pO2 (air 0.21, O2 1, N2/Ar 1e-5 bar).
-Each reaction (precursors → target, balanced on element counts, plus side reactions the library lists,
+Carbonates, hydroxides and nitrate hydrates first decompose to their oxides and gases above their
+decomposition temperature (decomposition.py), into fine-grained fresh oxide. Each reaction (the
+precursors' oxides → target, balanced on element counts, plus side reactions the library lists,
 e.g. Fe2O3 → Fe3O4 + O2 where pO2 and T allow) runs with the first-order law (JMAK with n = 1)
 
     dξ/dt = k(T) · g(ΔG) · ξ_left,   k = ln2/t_half · exp(-Ea/R (1/T - 1/T_ref)),   g = max(0, 1 - exp(ΔG/RT)),
@@ -11,18 +13,23 @@ e.g. Fe2O3 → Fe3O4 + O2 where pO2 and T allow) runs with the first-order law (
 ξ_left the extent still possible from the limiting reactant; ΔG(T) = Σν·G_i(T) + Σν_gas·RT ln p_gas from
 the library's tabulated data (phases.py; per-phase sources), so nothing forms where ΔG ≥ 0. The rate
 is integrated exactly per time step over the piecewise-linear program (≤ 10 K or 1/40 of a hold per
-step); reactions sharing a reactant are scaled so none over-draws it. Unreacted and excess (off-
-stoichiometric) precursors stay in the product. Product crystallites (Scherrer size) coarsen as
-L² = L0² + G·∫exp(-Q/R (1/T - 1/T_g))dt with L0 = 15 nm, Q = 300 kJ/mol, L = 60 nm after 1 h at
-1200 °C; precursor powders are 150 nm. Product: phase weight fractions (sum 1) and sizes.
+step); reactions sharing a reactant are scaled so none over-draws it, and a reaction's rate is
+multiplied by (150 nm / L̄)², L̄ the mean size of its reactants (1 for commercial powders; see
+decomposition.py). Unreacted and excess (off-stoichiometric) precursors, and undecomposed ones, stay
+in the product. Product crystallites (Scherrer size) coarsen as L² = L0² + G·∫exp(-Q/R (1/T - 1/T_g))dt
+with L0 = 15 nm, Q = 300 kJ/mol, L = 60 nm after 1 h at 1200 °C; fresh oxide likewise from 20 nm (to 150);
+precursor powders are 150 nm. Product: phase weight fractions (sum 1), sizes, and the mass balance
+(grams in, solid out, gas released; amounts scaled to a `BATCH_G` batch where the recipe gives none).
 
 Product → pattern. Cu Kα (1.54184 Å) powder pattern, 10–80° 2θ, 0.02° steps: each phase's peaks from
 pymatgen's XRDCalculator (cached per phase), weighted by volume fraction / V_cell² (the Rietveld
 scale-factor relation), pseudo-Voigt (η = 0.5) with FWHM² = Caglioti instrument term + Scherrer
-size term (K = 0.9), plus a background ∝ 1/2θ (3 % of the strongest peak at 10°). Counting noise is Poisson
+size term (K = 0.9); an XRD-amorphous phase (the nitrate hydrates) gives a Gaussian halo instead
+(phases.halo); plus a background ∝ 1/2θ (3 % of the strongest peak at 10°). Counting noise is Poisson
 with the strongest point at 1/noise² counts (the campaign's `noise`; none when noise = 0).
 
-Measure. `target_fraction`, `precursor_fraction`, `impurity_fraction` are weight fractions from an
+Measure. `target_fraction`, `precursor_fraction` (dosed precursors and their decomposition oxides),
+`impurity_fraction` (side phases) are weight fractions from an
 ideal quantitative phase analysis of the noisy pattern: non-negative least squares of the known
 phases' reference profiles plus background, scale factors × density normalized to 1. Their scatter
 therefore comes from the counting statistics; the campaign's drift multiplies them.
@@ -36,17 +43,19 @@ from typing import Any
 import numpy as np
 
 from athanor.errors import AthanorError
+from athanor.simulators import decomposition as dec
 from athanor.simulators import phases as lib
 from athanor.simulators.base import ComputedWorld, sample_ordinal
+from athanor.simulators.decomposition import G_GROWTH, L0_NM, L_PRECURSOR_NM, react
+from athanor.simulators.decomposition import size as _size
+from athanor.simulators.phases import CAGLIOTI, ETA, LAMBDA_A, SCHERRER_K  # noqa: F401 -- re-exported
 
 ATMOSPHERES = {"air": 0.21, "O2": 1.0, "N2": 1e-5, "Ar": 1e-5}  # pO2, bar
 ROOM_C, T_MAX_C = 25.0, 2000.0
 SETTINGS = ("temperature_c", "time_h", "atmosphere", "ramp_c_per_min", "precursors")
-L0_NM, L_PRECURSOR_NM, Q_GROWTH, T_GROWTH, G_GROWTH = 15.0, 150.0, 300.0, 1473.15, 60.0 ** 2 - 15.0 ** 2
-CAGLIOTI = (0.0045, -0.0020, 0.0040)  # U, V, W in deg²
-ETA, SCHERRER_K, BACKGROUND = 0.5, 0.9, 0.03
-LAMBDA_A = 1.54184
+BACKGROUND = 0.03
 SCAN_S = 1750.0  # modelled scan time: 3501 steps at 0.5 s
+BATCH_G = 2.0  # grams of powder weighed out when the recipe gives no amounts
 
 
 def _fail(field: str, message: str) -> AthanorError:
@@ -79,6 +88,8 @@ def _side(terms: list[tuple[str, float]]) -> str:
 class Rxn:
     """One balanced reaction, per mole of its product phase; gases exchanged with the atmosphere."""
 
+    fresh = False  # its product is not "fresh oxide" (decomposition.Decomposition's is)
+
     def __init__(self, reactants: list[str], product: str):
         self.product, self.kinetics = product, lib.PHASES[product]["kinetics"]
         elements = sorted({e for k in [*reactants, product, *lib.GASES] for e in lib.parse(k)})
@@ -90,6 +101,7 @@ class Rxn:
             if np.abs(a @ x - b).max() > 1e-9 or any(x[i] < -1e-9 for i in range(len(reactants))):
                 continue
             self.solid_reactants = {k: float(v) for k, v in zip(reactants, x) if v > 1e-9}
+            self.solid_products = {product: 1.0}
             # gases: > 0 released to the atmosphere, < 0 taken from it
             self.gases = {k: -float(v) for k, v in zip(gases, x[len(reactants):]) if abs(v) > 1e-9}
             self.nu = {**{k: -v for k, v in self.solid_reactants.items()}, **self.gases, product: 1.0}
@@ -126,46 +138,12 @@ def _program(holds: list[tuple[float, float]], ramp: float) -> list[tuple[float,
     return pieces
 
 
-def _react(amounts: dict[str, float], reactions: list[Rxn], pieces: list[tuple[float, float, float]],
-           p_o2: float) -> tuple[dict[str, float], float]:
-    """Integrate the reactions over the program; returns final amounts (mol) and the growth integral (h)."""
-    n = dict(amounts)
-    growth = 0.0
-    for duration, t0, t1 in pieces:
-        steps = max(1, math.ceil(abs(t1 - t0) / 10.0)) if t1 != t0 else 40
-        dt = duration / steps
-        for i in range(steps):
-            T = t0 + (t1 - t0) * (i + 0.5) / steps
-            growth += dt * math.exp(-Q_GROWTH / lib.R_KJ * (1 / T - 1 / T_GROWTH))
-            extents = []
-            for r in reactions:
-                rate = r.rate(T, p_o2)
-                left = min(n[k] / v for k, v in r.solid_reactants.items())
-                extents.append(left * -math.expm1(-rate * dt) if rate > 0 and left > 0 else 0.0)
-            for k in sorted({k for r in reactions for k in r.solid_reactants}):
-                demand = sum(x * r.solid_reactants.get(k, 0.0) for x, r in zip(extents, reactions))
-                if demand > n[k] > 0:
-                    extents = [x * n[k] / demand if k in r.solid_reactants else x for x, r in zip(extents, reactions)]
-            for x, r in zip(extents, reactions):
-                for k, v in r.solid_reactants.items():
-                    n[k] = max(0.0, n[k] - v * x)
-                n[r.product] = n.get(r.product, 0.0) + x
-    return n, growth
-
-
-def _pseudo_voigt(tt: np.ndarray, centers: np.ndarray, fwhm: np.ndarray) -> np.ndarray:
-    dx = tt[None, :] - centers[:, None]
-    h = fwhm[:, None]
-    gauss = np.sqrt(4 * np.log(2) / np.pi) / h * np.exp(-4 * np.log(2) * (dx / h) ** 2)
-    lorentz = (2 / (np.pi * h)) / (1 + 4 * (dx / h) ** 2)
-    return ETA * lorentz + (1 - ETA) * gauss
-
-
 class SolidStateWorld(ComputedWorld):
     """Solid-state synthesis from precursor powders, read by powder XRD (see the module docstring)."""
 
     name = "solid_state"
     properties = ("target_fraction", "precursor_fraction", "impurity_fraction")
+    direct_outputs = ()  # no probe reads these: the characterizer derives them from the XRD pattern
 
     def __init__(self, target: str | None = None, precursors: list[str] | dict[str, float] | None = None,
                  two_theta_range: tuple[float, float] = (10.0, 80.0), step_deg: float = 0.02,
@@ -175,8 +153,8 @@ class SolidStateWorld(ComputedWorld):
         self.precursors = self._precursors(precursors, "world.options.precursors") if precursors is not None else None
         if self.target is not None and self.precursors is None:
             self.precursors = {p: 0.0 for p in lib.PHASES[self.target]["precursors"]}
-        if self.target is not None:
-            Rxn(list(self.precursors), self.target)  # fail early when they cannot make it
+        if self.target is not None:  # fail early when they cannot make it
+            Rxn(list(dict.fromkeys(map(dec.oxide_of, self.precursors))), self.target)
         lo, hi = (_number(v, "world.options.two_theta_range") for v in two_theta_range)
         step = _number(step_deg, "world.options.step_deg")
         if not 0 < lo < hi < 180 or not 0 < step < hi - lo:
@@ -227,23 +205,26 @@ class SolidStateWorld(ComputedWorld):
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
             raise _fail(unknown[0], f"unknown setting; known: {', '.join(SETTINGS)}")
-        target = self.target
-        if target is None:
-            target = self._target_from(composition)
-        precursors = self.precursors if self.target is not None else None
+        precursors = self.precursors
         for source, field in ((settings.get("precursors"), "precursors"),
                               (recipe.get("precursors"), "recipe.precursors")):
             if source:
                 precursors = self._precursors(source, field)
+        # No target named: the one the composition, or else the powders' cations, point to.
+        cations = {e: 1.0 for p in precursors or {} for e in lib.parse(dec.oxide_of(p)) if e != "O"}
+        named = self._target(recipe["target"]) if recipe.get("target") and self.target is None else None
+        target = self.target or named or self._target_from(composition or cations)
         if precursors is None:
             precursors = {p: 0.0 for p in lib.PHASES[target]["precursors"]}
         if target in precursors:
             raise _fail("precursors", f"the target {target} cannot also be a precursor")
-        main = Rxn(list(precursors), target)
-        if not any(precursors.values()):
-            precursors = self._amounts(composition, main, precursors)
+        main = Rxn(list(dict.fromkeys(map(dec.oxide_of, precursors))), target)  # from the oxides they give
+        derived = not any(precursors.values())
+        if derived:
+            precursors = self._amounts(composition, target, precursors)
+        present = {dec.oxide_of(p) for p, x in precursors.items() if x > 0}
         sides = [Rxn(p["side_from"], name) for name, p in lib.PHASES.items()
-                 if name != target and p.get("side_from") and all(precursors.get(r, 0) > 0 for r in p["side_from"])]
+                 if name != target and p.get("side_from") and all(r in present for r in p["side_from"])]
         holds = [(_number(s["temperature_c"], "steps.temperature_c"), _number(s.get("time_h", 0), "steps.time_h"))
                  for s in recipe.get("steps") or [] if isinstance(s, dict) and "temperature_c" in s]
         if not holds:
@@ -265,7 +246,8 @@ class SolidStateWorld(ComputedWorld):
         if atmosphere not in ATMOSPHERES:
             raise _fail("atmosphere", f"unknown atmosphere {atmosphere!r}; known: {', '.join(ATMOSPHERES)}")
         return {"target": target, "precursors": precursors, "reactions": [main, *sides], "holds": holds,
-                "ramp": ramp, "atmosphere": atmosphere, "p_o2": ATMOSPHERES[atmosphere]}
+                "decompositions": [dec.Decomposition(p) for p in precursors if dec.decomposes(p)],
+                "derived": derived, "ramp": ramp, "atmosphere": atmosphere, "p_o2": ATMOSPHERES[atmosphere]}
 
     @staticmethod
     def _target_from(composition: dict[str, float]) -> str:
@@ -282,44 +264,53 @@ class SolidStateWorld(ComputedWorld):
         return matches[0]
 
     @staticmethod
-    def _amounts(composition: dict[str, float], main: Rxn, precursors: dict[str, float]) -> dict[str, float]:
-        """Mol of each precursor: stoichiometric, or matched to the composition's cations (least squares)."""
+    def _amounts(composition: dict[str, float], target: str, precursors: dict[str, float]) -> dict[str, float]:
+        """Mol of each precursor: matched to the composition's cations (least squares), or else to the
+        target's (stoichiometric, per mol of target)."""
         from scipy.optimize import nnls
 
-        cations = sorted({e for p in precursors for e in lib.parse(p)} - {"O"})
-        given = {e: float(v) for e, v in composition.items() if e != "O" and v > 0}
-        if not given:
-            return {p: main.solid_reactants.get(p, 0.0) for p in precursors}
-        missing = sorted(set(given) - set(cations))
+        want = {e: n for e, n in lib.parse(target).items() if e != "O"}
+        given = {e: float(v) for e, v in composition.items() if e != "O" and v > 0} or want
+        missing = sorted(set(given) - {e for p in precursors for e in lib.parse(p)})
         if missing:
             raise _fail("composition", f"{', '.join(missing)} is in no precursor ({', '.join(precursors)})")
-        names = list(precursors)
+        names, cations = list(precursors), sorted(set(given) | set(want))
         a = np.array([[lib.parse(p).get(e, 0.0) for p in names] for e in cations], float)
-        b = np.array([given.get(e, 0.0) for e in cations])
-        x, _ = nnls(a, b)
+        x, _ = nnls(a, np.array([given.get(e, 0.0) for e in cations]))
         return {p: float(v) for p, v in zip(names, x)}
 
     # --- the model --------------------------------------------------------------------------------
     def _product(self, plan: dict[str, Any]) -> dict[str, Any]:
         pieces = _program(plan["holds"], plan["ramp"])
-        final, growth = _react(plan["precursors"], plan["reactions"], pieces, plan["p_o2"])
-        names = list(dict.fromkeys([*plan["precursors"], plan["target"], *(r.product for r in plan["reactions"])]))
+        final, growth, fresh, gases = react(plan["precursors"], [*plan["decompositions"], *plan["reactions"]],
+                                             pieces, plan["p_o2"])
+        formed = [r.product for r in plan["reactions"]]  # the target first, then side phases
+        oxides = list(dict.fromkeys(d.oxide for d in plan["decompositions"]))
+        names = list(dict.fromkeys([*plan["precursors"], *oxides, *formed]))
         mass = {k: final.get(k, 0.0) * lib.molar_mass(k) for k in names}
         total = sum(mass.values())
         if total <= 0:
             raise _fail("precursors", "the amounts are all zero")
+        mass_out = total
         mass = {k: m if m > 1e-12 * total else 0.0 for k, m in mass.items()}  # no 1e-45 fractions
         total = sum(mass.values())
         size = math.sqrt(L0_NM ** 2 + G_GROWTH * growth)
+        l_fresh = dec.fresh_size(growth)
         return {"target": plan["target"], "precursors": sorted(plan["precursors"]),
+                "decomposition_products": sorted(oxides), "side_phases": sorted(set(formed[1:])),
+                "amorphous": [k for k in names if lib.is_amorphous(k)],
                 "phases": {k: m / total for k, m in mass.items()},
-                "crystallite_nm": {k: L_PRECURSOR_NM if k in plan["precursors"] else size for k in names},
-                "atmosphere": plan["atmosphere"], "program_h": sum(p[0] for p in pieces)}
+                "crystallite_nm": {k: size if k in formed else _size(final[k], fresh.get(k, 0.0), l_fresh)
+                                   for k in names},
+                "atmosphere": plan["atmosphere"], "program_h": sum(p[0] for p in pieces),
+                "mass_in_g": sum(x * lib.molar_mass(k) for k, x in plan["precursors"].items()),
+                "mass_out_g": mass_out, "gas_released_g": {k: v * lib.molar_mass(k) for k, v in gases.items()}}
 
     @staticmethod
     def _summary(fractions: dict[str, float], product: dict[str, Any]) -> dict[str, float]:
         target = fractions.get(product["target"], 0.0)
-        precursor = sum(fractions.get(p, 0.0) for p in product["precursors"])
+        unreacted = {*product["precursors"], *product.get("decomposition_products", ())}
+        precursor = sum(fractions.get(p, 0.0) for p in unreacted)
         return {"target_fraction": target, "precursor_fraction": precursor,
                 "impurity_fraction": max(0.0, 1.0 - target - precursor)}
 
@@ -349,22 +340,25 @@ class SolidStateWorld(ComputedWorld):
         self.conditions.run_step(key, product["program_h"] * 3600.0)
         return product
 
+    def lab_recipe(self, recipe: dict[str, Any]) -> dict[str, Any]:
+        """The recipe as the lab runs it: powders to weigh out (g) and the furnace program. Fed back to
+        `synthesize` as {"inputs": {ramp_c_per_min, atmosphere}, "precursors": doses, "steps": steps}."""
+        composition, settings = self.split(recipe.get("inputs") or {})
+        plan = self._plan(composition, settings, recipe)
+        mass = {p: x * lib.molar_mass(p) for p, x in plan["precursors"].items() if x > 0}
+        if not mass:
+            raise _fail("precursors", "the amounts are all zero")
+        scale = BATCH_G / sum(mass.values()) if plan["derived"] else 1.0
+        return {"target": plan["target"], "doses": [{"formula": p, "mass_g": m * scale} for p, m in mass.items()],
+                "steps": [{"temperature_c": t, "time_h": h} for t, h in plan["holds"]],
+                "ramp_c_per_min": plan["ramp"], "atmosphere": plan["atmosphere"]}
+
     def _references(self, product: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Each phase's profile per unit volume fraction on the 2θ grid, and the phases' densities."""
         names = list(product["phases"])
-        tt = self.two_theta
-        u, v, w = CAGLIOTI
-        rows, dens = [], []
-        for name in names:
-            pk = lib.reference_peaks(name, self._peak_range)
-            x, y = pk["two_theta"], pk["intensity"]
-            tan = np.tan(np.radians(x / 2))
-            size_nm = product.get("crystallite_nm", {}).get(name, L_PRECURSOR_NM)
-            size_deg = np.degrees(SCHERRER_K * LAMBDA_A / (10 * size_nm * np.cos(np.radians(x / 2))))
-            fwhm = np.sqrt(np.maximum(u * tan ** 2 + v * tan + w, 1e-4) + size_deg ** 2)
-            rows.append(y @ _pseudo_voigt(tt, x, fwhm) if len(x) else np.zeros_like(tt))
-            dens.append(pk["density"])
-        return names, np.array(rows), np.array(dens)
+        sizes = product.get("crystallite_nm", {})
+        rows = [lib.profile(n, self.two_theta, sizes.get(n, L_PRECURSOR_NM), self._peak_range) for n in names]
+        return names, np.array(rows), np.array([lib.reference_peaks(n, self._peak_range)["density"] for n in names])
 
     def pattern(self, product: dict[str, Any], rng: np.random.Generator | None = None,
                 counts: float = 1e4) -> tuple[np.ndarray, np.ndarray]:
@@ -393,10 +387,15 @@ class SolidStateWorld(ComputedWorld):
         total = mass.sum()
         return {n: float(m / total) if total > 0 else 0.0 for n, m in zip(names, mass)}
 
-    def measure(self, product: dict[str, Any], probe: str, key: str) -> dict[str, float]:
+    def diffract(self, product: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
+        """One scan, as the diffractometer takes it: its instrument time and faults, then the pattern
+        with counting noise seeded by the step key (strongest point 1/noise² counts; none at noise 0)."""
         rng = self.conditions.run_step(key, SCAN_S)
         noise = self.conditions.noise
-        _, y = self.pattern(product, rng if noise > 0 else None, counts=1.0 / noise ** 2 if noise > 0 else 1e4)
+        return self.pattern(product, rng if noise > 0 else None, counts=1.0 / noise ** 2 if noise > 0 else 1e4)
+
+    def measure(self, product: dict[str, Any], probe: str, key: str) -> dict[str, float]:
+        _, y = self.diffract(product, key)
         values = self._summary(self.quantify(product, y), product)
         gain = 1.0 + self.conditions.drift * sample_ordinal(key)
         return {name: float(values[name] * gain) for name in self.outputs}

@@ -213,3 +213,22 @@ def test_plug_in_log_ei_is_available_and_unknown_acquisitions_refused():
     assert all("qLogEI" in c.rationale and c.acquisition_value is not None for c in picks)
     with pytest.raises(ValueError, match="qLogNEI or qLogEI"):
         BayesianStrategy(space, spec.objectives, acquisition="UCB")
+
+
+def test_blend_fractions_are_warped_in_pool_mode_and_process_columns_are_not():
+    from botorch.models.transforms.input import Warp
+
+    spec, space, pool = _pool_space()  # P3HT: five blend percentages summing to 100 in every row
+    assert space.fraction_dims == list(range(5))
+    shifted = DesignSpace(spec.space, space.pool * np.linspace(1.0, 1.5, len(space.pool))[:, None])
+    assert shifted.fraction_dims == []  # row sums differ: not a composition
+    history = [Observation(inputs=space.pool_inputs(i), pool_index=i,
+                           values={P3HT_OBJECTIVE: float(pool[P3HT_OBJECTIVE][i])}) for i in range(0, 30, 3)]
+    strategy = BayesianStrategy(space, spec.objectives, seed=1, **FAST)
+    X, Y = strategy._training_data(history)
+    model = strategy._fit(X, Y)
+    assert isinstance(model.input_transform, Warp) and model.input_transform.indices.tolist() == list(range(5))
+    plain = BayesianStrategy(space, spec.objectives, seed=1, warp_inputs=False, **FAST)
+    assert getattr(plain._fit(X, Y), "input_transform", None) is None
+    picks = strategy.propose(history, 2, [])
+    assert len(picks) == 2 and all(p.pool_index is not None for p in picks)

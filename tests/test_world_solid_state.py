@@ -196,3 +196,77 @@ def test_world_eval_cli_prints_one_json_object(capsys):
 def test_campaign_file_validates():
     spec = load_campaign(ROOT / "configs" / "solid_state_spinel.yaml")
     assert spec.world.kind == "solid_state" and spec.world.options["target"] == "ZnFe2O4"
+
+
+# --- decomposing precursors -------------------------------------------------------------------------
+
+def test_a_carbonate_route_makes_spinel_hot_and_leaves_carbonate_or_oxide_cold():
+    world = SolidStateWorld(target="MgAl2O4", precursors=["MgCO3", "Al(OH)3"])
+    cold = world.evaluate({}, {"temperature_c": 300, "time_h": 4})  # below MgCO3's 350 °C, above Al(OH)3's 300
+    warm = world.evaluate({}, {"temperature_c": 700, "time_h": 4})  # decomposed, too cold to react
+    hot = world.evaluate({}, {"temperature_c": 1350, "time_h": 8})
+    assert cold["phases"]["MgCO3"] > 0.4 and cold["phases"]["Al(OH)3"] < 1e-6 and cold["phases"]["Al2O3"] > 0.5
+    assert cold["target_fraction"] == 0.0 and cold["precursor_fraction"] == pytest.approx(1.0)
+    assert warm["phases"]["MgCO3"] < 1e-9 and warm["phases"]["MgO"] == pytest.approx(0.2831, abs=1e-3)
+    assert warm["target_fraction"] < 1e-3
+    assert hot["target_fraction"] > 0.95 and hot["impurity_fraction"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_masses_in_equal_masses_out_plus_the_gas_released():
+    world = SolidStateWorld(target="MgAl2O4")
+    recipe = {"inputs": {"temperature_c": 1200, "time_h": 2},
+              "precursors": [{"formula": "MgCO3", "mass_g": 0.8431}, {"formula": "Al(OH)3", "mass_g": 1.5601}]}
+    product = world.synthesize(recipe, "S0001:synthesis")
+    gas = product["gas_released_g"]
+    assert product["mass_in_g"] == pytest.approx(0.8431 + 1.5601)
+    assert product["mass_in_g"] == pytest.approx(product["mass_out_g"] + sum(gas.values()), rel=1e-9)
+    co2, h2o = 12.011 + 2 * MASS["O"], 2 * 1.008 + MASS["O"]
+    mgco3, aloh3 = MASS["Mg"] + 12.011 + 3 * MASS["O"], MASS["Al"] + 3 * (MASS["O"] + 1.008)
+    assert gas["CO2"] == pytest.approx(0.8431 / mgco3 * co2, rel=1e-3)  # all of it decomposed
+    assert gas["H2O"] == pytest.approx(1.5601 / aloh3 * 1.5 * h2o, rel=1e-3)
+    assert product["decomposition_products"] == ["Al2O3", "MgO"] and product["side_phases"] == []
+
+
+def test_nitrate_hydrates_decompose_to_oxide_nitrogen_dioxide_oxygen_and_water():
+    from athanor.simulators.decomposition import Decomposition
+
+    zn = Decomposition("Zn(NO3)2·6H2O")
+    assert zn.solid_products == {"ZnO": 1.0} and zn.gases == pytest.approx({"NO2": 2, "O2": 0.5, "H2O": 6})
+    fe = Decomposition("Fe(NO3)3·9H2O")
+    assert fe.solid_products == {"Fe2O3": 0.5} and fe.gases == pytest.approx({"NO2": 3, "O2": 0.75, "H2O": 9})
+    assert zn.rate(349 + 273.15) == 0.0 < zn.rate(351 + 273.15)
+
+
+def test_fresh_oxide_from_a_decomposition_reacts_faster_than_a_commercial_powder():
+    settings = {"temperature_c": 1150, "time_h": 4}
+    oxides = SolidStateWorld(target="MgAl2O4", precursors=["MgO", "Al2O3"]).evaluate({}, settings)
+    fresh = SolidStateWorld(target="MgAl2O4", precursors=["Mg(OH)2", "Al(OH)3"]).evaluate({}, settings)
+    assert fresh["target_fraction"] > 3 * oxides["target_fraction"] > 0
+
+
+def test_leftover_nitrate_is_xrd_amorphous_and_leftover_carbonate_diffracts():
+    world = SolidStateWorld(target="ZnFe2O4", precursors=["ZnCO3", "Fe(NO3)3·9H2O"])
+    product = world.synthesize({"inputs": {"temperature_c": 200, "time_h": 1}}, "S0001:synthesis")
+    assert product["phases"]["Fe(NO3)3·9H2O"] > 0.8 and product["phases"]["ZnCO3"] < 1e-6  # ZnCO3 goes at 140 °C
+    assert product["amorphous"] == ["Fe(NO3)3·9H2O"]
+    two_theta, halo = world.pattern(pure("Fe(NO3)3·9H2O"))
+    assert np.abs(np.diff(halo, 2)).max() < 1e-3 * halo.max()  # smooth: no Bragg peaks
+    two_theta, y = world.pattern(pure("MgCO3"))  # magnesite (104), d = 2.742 Å
+    d104 = hexagonal_d(4.6338, 15.0192, 1, 0, 4)
+    assert peak_near(two_theta, y, bragg(d104))[0] == pytest.approx(bragg(d104), abs=0.03)
+    two_theta, y = world.pattern(pure("Al(OH)3"))  # gibbsite's strongest line, (002) at d = 4.85 Å
+    assert two_theta[np.argmax(y)] == pytest.approx(bragg(9.736 * math.sin(math.radians(94.54)) / 2), abs=0.05)
+
+
+def test_the_lab_recipe_weighs_a_batch_that_makes_the_same_product():
+    world = SolidStateWorld(target="ZnFe2O4", precursors=["ZnCO3", "Fe2O3"])
+    recipe = {"inputs": {"Zn": 0.34, "Fe": 0.66, "temperature_c": 900, "time_h": 3, "atmosphere": "N2"}}
+    lab = world.lab_recipe(recipe)
+    assert sum(d["mass_g"] for d in lab["doses"]) == pytest.approx(2.0) and lab["atmosphere"] == "N2"
+    fired = world.synthesize({"inputs": {"atmosphere": lab["atmosphere"], "ramp_c_per_min": lab["ramp_c_per_min"]},
+                              "precursors": lab["doses"], "steps": lab["steps"]}, "S0001:synthesis")
+    direct = world.synthesize(recipe, "S0001:synthesis")
+    assert fired["phases"] == pytest.approx(direct["phases"], abs=1e-9)
+    # With no target named anywhere, the powders' cations say what to make.
+    free = SolidStateWorld().synthesize({"inputs": {}, "precursors": lab["doses"], "steps": lab["steps"]}, "S1")
+    assert free["target"] == "ZnFe2O4"

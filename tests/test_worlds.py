@@ -96,3 +96,24 @@ def test_perovskite_campaign_runs(tmp_path, ray_address):
     measured = results[results["state"] == "learned"]
     assert len(measured) == 4 and measured["reaction_energy"].between(-1.0, 0.2).all()
     assert any((tmp_path / "cache").rglob("*.json"))  # the runs were cached where the campaign said
+
+
+@pytest.mark.slow
+def test_solid_state_demo_learns_from_failed_routes(tmp_path, ray_address):
+    from athanor.campaign import open_run
+
+    summary, results = run_config(ROOT / "configs" / "solid_state_demo.yaml", tmp_path / "run", ray_address)
+    assert summary["status"] == "completed" and len(results) == 10
+    store, _ = open_run(tmp_path / "run")
+    samples = [s for s in store.samples() if s["recipe"]]
+    reactions = [s["recipe"]["reaction"] for s in samples]
+    assert len(set(reactions)) >= 2  # the planner changed route
+    first = samples[0]["recipe"]["reaction"]
+    switch = next(i for i, r in enumerate(reactions) if r != first)
+    lag = store.samples()[switch]["batch"] - 2  # parallel_batches: what the planner could have seen
+    earlier = [s for s in samples[:switch] if s["batch"] <= lag and s["values"]]
+    assert earlier and min(s["values"]["target_fraction"] for s in earlier) < 0.5  # ... after a failure
+    for s in samples:  # masses from the planner, doses and furnace readings in the documents
+        assert all(p["mass_g"] > 0 for p in s["recipe"]["precursors"])
+    measured = results[results["state"] == "learned"]
+    assert measured["target_fraction"].between(0.0, 1.0).all() and measured["target_fraction"].max() > 0.5
