@@ -102,13 +102,13 @@ class DesignSpace:
     @property
     def fraction_dims(self) -> list[int]:
         """Feature dims that are fractions of a whole: a composition's, or a pool whose input columns
-        sum to the same total in every row, within the 2 % that rounding in a table leaves (a blend
+        sum to the same total in every row, within the 3 % that rounding in a table leaves (a blend
         in %, or a composition tabulated to two decimals)."""
         if not self.is_pool:
             return self.comp_dims
         totals = self.pool.sum(axis=1)
         scale = np.abs(np.median(totals))
-        if self.pool.shape[1] < 2 or scale == 0 or np.ptp(totals) > 0.02 * scale or (self.pool < 0).any():
+        if self.pool.shape[1] < 2 or scale == 0 or np.ptp(totals) > 0.03 * scale or (self.pool < 0).any():
             return []
         return list(range(self.pool.shape[1]))
 

@@ -289,3 +289,16 @@ def test_plan_report_is_json_and_planners_know_nothing_of_worlds():
         imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not any("simulators" in m or m.split(".")[0] == "ray" for m in imported), imported
+
+
+def test_plan_cli_prints_ranked_recipes_and_one_line_errors(capsys):
+    from athanor.cli import main
+
+    assert main(["plan", "BaTiO3", "--batch-g", "2", "--top", "2"]) == 0
+    recipes = json.loads(capsys.readouterr().out)
+    assert len(recipes) == 2 and recipes[0]["score"] >= recipes[1]["score"]
+    assert "CO2" in recipes[0]["reaction"] and all(p["mass_g"] > 0 for p in recipes[0]["precursors"])
+    assert main(["plan", "BaXx3"]) == 2
+    assert main(["plan", "BaTiO3", "--batch-g", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("athanor: error:") for line in err)
