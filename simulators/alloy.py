@@ -8,7 +8,7 @@ by implicit differentiation through the self-consistent solution (see `stoner.py
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -78,3 +78,21 @@ class AlloyWorld(ComputedWorld):
         moment = shared_model().state(c, self._structure({"structure": structure} if structure else {}))["moment"]
         (gradient,) = torch.autograd.grad(moment, c)
         return float(moment.detach()), {e: float(g) for e, g in zip(ELEMENTS, gradient)}
+
+    def differentiable_model(self, elements: list[str]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+        """The truth as a torch function of a batch of fractions over `elements` (in that order),
+        for designers that descend its gradient: X [batch, len(elements)] -> {"magnetic_moment": [batch]}."""
+        unknown = sorted(set(elements) - set(ELEMENTS))
+        if unknown:
+            raise AthanorError(f"the alloy world knows {', '.join(ELEMENTS)}; not {', '.join(unknown)}")
+        embed = torch.zeros(len(elements), len(ELEMENTS), dtype=torch.double)
+        for i, element in enumerate(elements):
+            embed[i, ELEMENTS.index(element)] = 1.0
+        model, structure = shared_model(), self.structure
+
+        def moment(X: torch.Tensor) -> dict[str, torch.Tensor]:
+            c = torch.as_tensor(X, dtype=torch.double) @ embed
+            return {"magnetic_moment": torch.stack([model.state(row, structure)["moment"] for row in c.reshape(-1, len(ELEMENTS))])
+                    .reshape(c.shape[:-1])}
+
+        return moment

@@ -128,3 +128,18 @@ def test_world_eval_cli_errors_are_one_line(capsys):
     assert main(["world", "eval", "replay", "--composition", "Fe"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("athanor: error:") for line in err)
+
+
+def test_differentiable_model_batches_and_agrees_with_the_world(world):
+    import torch
+
+    model = world.differentiable_model(["Fe", "Co", "Ni"])
+    X = torch.tensor([[0.7, 0.3, 0.0], [0.4, 0.3, 0.3]], dtype=torch.double, requires_grad=True)
+    moments = model(X)["magnetic_moment"]
+    assert moments.shape == (2,)
+    assert float(moments[0]) == pytest.approx(moment(world, Fe=0.7, Co=0.3), abs=1e-12)
+    moments.sum().backward()
+    _, gradient = world.moment_and_gradient({"Fe": 0.4, "Co": 0.3, "Ni": 0.3})
+    assert X.grad[1].tolist() == pytest.approx([gradient["Fe"], gradient["Co"], gradient["Ni"]], abs=1e-9)
+    with pytest.raises(AthanorError, match="not Al"):
+        world.differentiable_model(["Fe", "Al"])
