@@ -6,10 +6,32 @@ from typing import Any
 
 from athanor import registry
 from athanor.agents.common import Agent
+from athanor.errors import AthanorError
 from athanor.messages import DesignProposal, DesignRequest, to_wire
 from athanor.planners.base import Observation
 from athanor.planners.space import DesignSpace
 from athanor.simulators.replay import load_pool
+
+
+def world_predictor(spec: Any) -> Any:
+    """`designer.options.predictor: world`: the world's own differentiable model, as a torch function
+    of the composition's fractions (in the campaign's element order). Only the designer gets it; a
+    strategy never learns which world it came from."""
+    world = registry.make_world(spec)
+    if not hasattr(world, "differentiable_model") or spec.space.composition is None:
+        raise AthanorError(f"designer.options.predictor: world {spec.world.kind!r} offers no differentiable model "
+                           "of a composition; leave the option out to learn one from the data")
+    return world.differentiable_model(list(spec.space.composition.elements))
+
+
+def make_strategy(spec: Any, pool: Any = None) -> Any:
+    """The campaign's strategy, built from `designer` (and, for a pool, the pool's input rows)."""
+    strategy_cls = registry.load("athanor.strategies", spec.designer.strategy)
+    options = dict(spec.designer.options)
+    if options.get("predictor") == "world":
+        options["predictor"] = world_predictor(spec)
+    return strategy_cls(DesignSpace(spec.space, pool), objectives=spec.objectives,
+                        constraints=spec.outcome_constraints, seed=spec.seed, **options)
 
 
 class DesignerAgent(Agent):
@@ -21,10 +43,7 @@ class DesignerAgent(Agent):
         pool = None
         if pool_spec is not None:
             pool = load_pool(pool_spec.dataset, pool_spec.inputs, []).to_numpy(dtype=float)
-        strategy_cls = registry.load("athanor.strategies", self.spec.designer.strategy)
-        self.strategy = strategy_cls(DesignSpace(self.spec.space, pool), objectives=self.spec.objectives,
-                                     constraints=self.spec.outcome_constraints, seed=self.spec.seed,
-                                     **self.spec.designer.options)
+        self.strategy = make_strategy(self.spec, pool)
 
     def propose(self, request: dict[str, Any], history: list[dict[str, Any]],
                 pending: list[dict[str, Any]]) -> dict[str, Any]:

@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (from a source checkout: benchmarks/ beside athanor/)")
     suites = bench.add_subparsers(dest="suite", required=True)
-    optimizers = _benchmarks_module("optimizers")
-    if optimizers is not None:
-        optimizers.add_parser(suites)
+    for suite in ("optimizers", "designers"):
+        module = _benchmarks_module(suite)
+        if module is not None:
+            module.add_parser(suites)
 
     plan = sub.add_parser("plan", help="ranked solid-state synthesis recipes for a target, as JSON")
     plan.add_argument("formula", help="the target, e.g. BaTiO3")

@@ -17,6 +17,7 @@ BUILTIN = {
         "random": "athanor.planners.random:RandomStrategy",
         "sobol": "athanor.planners.random:SobolStrategy",
         "bayesian": "athanor.planners.bayesian:BayesianStrategy",
+        "gradient": "athanor.planners.gradient:GradientStrategy",
     },
     "athanor.routes": {
         "direct": "athanor.planners.routes:DirectRoute",

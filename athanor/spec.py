@@ -182,6 +182,12 @@ class DesignerSpec(_Strict):
     options: dict[str, Any] = {}
 
 
+class LearnerSpec(_Strict):
+    stall_after: int | None = Field(default=None, ge=1, description="measurements without improvement before stopping")
+    min_improvement: float = Field(default=0.01, ge=0, description="relative improvement that counts")
+    surrogates: list[Literal["gp", "ensemble"]] = ["gp", "ensemble"]
+
+
 class PlannerSpec(_Strict):
     route: str = "direct"
     options: dict[str, Any] = {}
@@ -226,6 +232,7 @@ class Campaign(_Strict):
     parallel_batches: int = Field(default=2, ge=1, description="batches in flight at once")
     designer: DesignerSpec = DesignerSpec()
     planner: PlannerSpec = PlannerSpec()
+    learner: LearnerSpec = LearnerSpec()
     world: WorldSpec = WorldSpec()
     instruments: list[InstrumentSpec] = Field(default_factory=default_instruments)
     approval: ApprovalSpec = ApprovalSpec()
