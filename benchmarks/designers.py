@@ -11,7 +11,8 @@ uses seed `--seed + r` for every designer.
 Success means every criterion of the campaign is met by one measured sample:
 - target objectives are within their tolerance;
 - outcome constraints hold;
-- maximize and minimize objectives are within their `tolerance` of the world's optimum.
+- maximize and minimize objectives that state a `tolerance` are within it of the world's optimum
+  (one without a tolerance is a preference that steers the designer, not a criterion).
 
 The optimum is given as `--optimum NAME=VALUE`. For a world with a differentiable model it can be
 found with `--optimum NAME=search`, which runs multi-start projected gradient ascent on that model.
@@ -20,8 +21,8 @@ Writes OUT/bench.json:
     {"config", "budget", "repeats", "designers": {NAME: {"success_rate",
       "experiments_to_success_median", "candidates_per_s"}}}
 `candidates_per_s` is the number of candidates a strategy optimized per second of proposal time,
-over all proposals. It uses the strategy's own `candidates_optimized` count where it keeps one;
-otherwise it counts the candidates it returned. Success is judged on the world's noiseless truth
+over all proposals. It uses the count in the strategy's `last_timing` where it keeps one (the
+gradient designer); otherwise it counts the candidates it returned. Success is judged on the world's noiseless truth
 for the sample where the world offers `evaluate`, otherwise on the measurement.
 """
 
@@ -80,9 +81,9 @@ def success(values: dict[str, float], spec: Campaign, optimum: dict[str, float])
         if o.direction == "target":
             if abs(v - o.target) > o.tolerance:
                 return False
-        else:
+        elif o.tolerance is not None:  # maximize/minimize without a tolerance: a preference, not a criterion
             best, tolerance = optimum.get(o.name), o.tolerance
-            if best is None or tolerance is None:
+            if best is None:
                 raise AthanorError(f"objective {o.name!r}: success needs its tolerance in the campaign file "
                                    f"and --optimum {o.name}=VALUE|search")
             if (v < best - tolerance) if o.direction == "maximize" else (v > best + tolerance):
@@ -97,13 +98,15 @@ def run_one(spec: Campaign, budget: int, optimum: dict[str, float]) -> dict[str,
     reached, latencies, counts = None, [], []
     while len(history) < budget:
         n = min(spec.batch_size, budget - len(history))
+        if hasattr(strategy, "last_timing"):
+            strategy.last_timing = {}  # so a fallback proposal is not credited with the previous one's count
         start = time.perf_counter()
         candidates = strategy.propose(history, n, [])
         elapsed = time.perf_counter() - start
         if not candidates:
             break
         latencies.append(elapsed)
-        counts.append(getattr(strategy, "candidates_optimized", None) or len(candidates))
+        counts.append((getattr(strategy, "last_timing", None) or {}).get("candidates") or len(candidates))
         for c in candidates:
             sample = f"S{len(history) + 1:04d}"
             try:

@@ -115,6 +115,8 @@ def resolve(composition: dict[str, float], a_site: str | None, b_site: str | Non
     from itertools import combinations
 
     comp = {el: float(x) for el, x in composition.items() if float(x) > 1e-9}
+    if not comp and a_site and b_site:  # the sites given as settings alone (categorical inputs)
+        comp = {**_parse_site(a_site, "a_site"), **_parse_site(b_site, "b_site")}
     if any(not math.isfinite(x) for x in comp.values()) or not comp:
         raise AthanorError(f"composition {composition!r}: no positive finite amounts")
     present = [el for el in comp if el in ANIONS]

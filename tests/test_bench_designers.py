@@ -36,6 +36,9 @@ def test_success_needs_every_criterion():
     assert not bench.success({**ok, "valence_electrons": 8.6}, SPEC, {"magnetic_moment": 2.38})  # infeasible
     with pytest.raises(AthanorError, match="--optimum magnetic_moment"):
         bench.success(ok, SPEC, {})
+    loose = SPEC.model_copy(update={"objectives": [SPEC.objectives[0].model_copy(update={"tolerance": None}),
+                                                   SPEC.objectives[1]]})
+    assert bench.success({**ok, "magnetic_moment": 0.1}, loose, {})  # no tolerance: not a criterion
 
 
 def test_bench_designers_writes_the_documented_json(tmp_path, capsys):
