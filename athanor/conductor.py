@@ -254,7 +254,8 @@ class Conductor:
                                 reason=f"learner failed: {reply.error}")
         self._log(reply)
         if isinstance(reply, ModelUpdate) and reply.recommend_stop and not self.stop_reason:
-            self.stop_reason, self.status_if_stopped = reply.reason, "target_met"
+            stalled = reply.reason.startswith("improvement stalled")
+            self.stop_reason, self.status_if_stopped = reply.reason, "stalled" if stalled else "target_met"
 
     # --- plumbing ---------------------------------------------------------------------------
     def _env(self, sample_id: str | None = None, causation_id: str | None = None) -> dict[str, Any]:

@@ -183,9 +183,15 @@ class DesignerSpec(_Strict):
 
 
 class LearnerSpec(_Strict):
-    stall_after: int | None = Field(default=None, ge=1, description="measurements without improvement before stopping")
+    stall_after: int | None = Field(default=None, ge=0, description="measurements without improvement before "
+                                    "stopping (default max(10, 5 x batch size); 0: never)")
     min_improvement: float = Field(default=0.01, ge=0, description="relative improvement that counts")
-    surrogates: list[Literal["gp", "ensemble"]] = ["gp", "ensemble"]
+    surrogates: list[Literal["gp", "ensemble"]] | None = Field(
+        default=None, description="models to fit and cross-validate (default: the designer's own)")
+    refit_every: int | None = Field(default=None, ge=1, description="new measurements between refits (default: max(10, 2 x batch size))")
+    folds: int = Field(default=5, ge=2, description="cross-validation folds")
+    min_train: int = Field(default=4, ge=2, description="distinct points before models are fitted")
+    ensemble: dict[str, Any] = {}
 
 
 class PlannerSpec(_Strict):

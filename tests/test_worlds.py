@@ -117,3 +117,32 @@ def test_solid_state_demo_learns_from_failed_routes(tmp_path, ray_address):
         assert all(p["mass_g"] > 0 for p in s["recipe"]["precursors"])
     measured = results[results["state"] == "learned"]
     assert measured["target_fraction"].between(0.0, 1.0).all() and measured["target_fraction"].max() > 0.5
+
+
+@pytest.mark.slow
+def test_alloy_gradient_campaign_descends_the_world_model(tmp_path, ray_address):
+    config = config_with(tmp_path, "alloy_gradient.yaml", {"experiments: 10": "experiments: 6"})
+    summary, results = run_config(config, tmp_path / "run", ray_address)
+    assert summary["status"] == "completed" and len(results) == 6
+    # after the 3 space-filling samples, gradient proposals sit near the Slater–Pauling peak
+    later = results[results["sample_id"] > "S0004"]
+    assert later["magnetic_moment"].max() > 2.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["gradient", "random"])
+def test_perovskite_multi_campaign_runs(tmp_path, ray_address, strategy):
+    text = (ROOT / "configs" / "perovskite_multi.yaml").read_text()
+    if strategy != "gradient":  # the same campaign with another designer (and none of its options)
+        head, _, rest = text.partition("designer:\n")
+        tail = rest.partition("world:\n")[2]
+        text = head + f"designer:\n  strategy: {strategy}\nworld:\n" + tail
+    cache = ROOT / ".cache" / "test-perovskite"  # shared by both runs: CHGNet relaxes each compound once
+    text = text.replace("    anion: O\n", f"    anion: O\n    cache_dir: {cache}\n").replace("experiments: 12", "experiments: 6")
+    config = tmp_path / "perovskite_multi.yaml"
+    config.write_text(text)
+    summary, results = run_config(config, tmp_path / "run", ray_address)
+    assert summary["status"] == "completed" and len(results) == 6
+    if strategy == "gradient":  # every proposal is charge-neutral, so every sample was measured
+        assert (results["state"] == "learned").all()
+        assert results["lattice_a"].between(3.5, 4.6).all()
