@@ -112,13 +112,13 @@ def run_one(spec: Campaign, budget: int, optimum: dict[str, float]) -> dict[str,
             try:
                 product = world.synthesize({"inputs": c.inputs, "pool_index": c.pool_index}, key=f"{sample}:synthesis")
                 values = world.measure(product, "probe", key=f"{sample}:characterization")
-                history.append(Observation(inputs=c.inputs, values=values, pool_index=c.pool_index))
-            except InstrumentFault:
+                # Judged on the truth where the world can say it, so measurement noise neither makes
+                # nor breaks a success.
+                truth = world.evaluate(*world.split(c.inputs)) if hasattr(world, "evaluate") else values
+            except (InstrumentFault, AthanorError):  # a failed sample, as in a campaign
                 history.append(Observation(inputs=c.inputs, failed=True, pool_index=c.pool_index))
                 continue
-            # Judged on the truth where the world can say it, so measurement noise neither makes nor
-            # breaks a success.
-            truth = world.evaluate(*world.split(c.inputs)) if hasattr(world, "evaluate") else values
+            history.append(Observation(inputs=c.inputs, values=values, pool_index=c.pool_index))
             if reached is None and success(truth, spec, optimum):
                 reached = len(history)
     return {"experiments_to_success": reached, "latency_s": latencies, "candidates": counts,
