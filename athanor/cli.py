@@ -99,6 +99,12 @@ def _schema(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from athanor.chat import run_chat_command  # LangChain is imported only for the chat
+
+    return run_chat_command(args)
+
+
 def _parse_settings(pairs: list[str]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for pair in pairs:
@@ -204,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--batch-g", type=float, default=5.0, help="grams of target to make (default 5)")
     plan.add_argument("--top", type=int, default=5, help="how many recipes (default 5)")
     plan.set_defaults(func=_plan)
+
+    chat = sub.add_parser("chat", help="chat with a stored campaign (approve, reject, explain)")
+    chat.add_argument("dir", help="the campaign's run folder")
+    chat.add_argument("--message", "-m", help="send one message, print the reply and exit")
+    chat.add_argument("--user", help="who decides (default: $ATHANOR_USER or the login name)")
+    chat.set_defaults(func=_chat)
 
     world = sub.add_parser("world", help="simulated worlds")
     world_sub = world.add_subparsers(dest="world_command", required=True)
