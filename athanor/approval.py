@@ -7,7 +7,9 @@ inbox; the conductor logs it as an `ApprovalDecision` with who, when and through
 from __future__ import annotations
 
 import getpass
+import math
 import os
+from typing import Any, Sequence
 
 from athanor.errors import AthanorError
 from athanor.store import Store
@@ -37,3 +39,36 @@ def decide(store: Store, sample_ids: list[str], approve: bool, user: str, reason
         store.post_command({"action": action, "sample_id": sample_id, "user": user,
                             "reason": reason, "channel": channel})
     return sample_ids
+
+
+def rule_failures(candidate: dict[str, Any], measured: Sequence[dict[str, Any]], rules: Any,
+                  objective: str) -> list[str]:
+    """Why the `rules` policy would not approve this candidate by itself (empty: it would).
+
+    `measured` are the samples the designer saw (the lag rule), so the decision does not depend on
+    the order in which steps finished and a seed replays it."""
+    inputs = candidate.get("inputs") or {}
+    done = [s for s in measured if s.get("values")]
+    if len(done) < rules.min_measured:
+        return [f"only {len(done)} of the {rules.min_measured} measurements the rules ask for first"]
+    problems = []
+    if rules.inside_explored:
+        for name, value in inputs.items():
+            seen = [s["inputs"].get(name) for s in done if name in s["inputs"]]
+            if isinstance(value, str):
+                if value not in seen:
+                    problems.append(f"{name} = {value!r} was never measured")
+                continue
+            low, high = min(seen, default=math.inf), max(seen, default=-math.inf)
+            slack = rules.margin * (high - low)
+            if not low - slack <= value <= high + slack:
+                problems.append(f"{name} = {value:.4g} is outside the measured {low:.4g} to {high:.4g}")
+    if rules.max_relative_sd is not None:
+        prediction = (candidate.get("predicted") or {}).get(objective)
+        if not prediction:
+            problems.append(f"no model prediction of {objective}")
+        else:
+            ratio = prediction["sd"] / max(abs(prediction["mean"]), 1e-12)
+            if ratio > rules.max_relative_sd:
+                problems.append(f"{objective} too uncertain (sd/|mean| {ratio:.2f} > {rules.max_relative_sd:g})")
+    return problems

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
 
+from athanor.approval import rule_failures
 from athanor.messages import (
     ApprovalDecision,
     ApprovalRequest,
@@ -53,6 +54,7 @@ class Conductor:
         self.stop_reason: str | None = None
         self.status_if_stopped = "completed"
         self._started = time.monotonic()
+        self._asked: dict[str, float] = {}  # sample id -> when its approval request was logged
 
     # --- the loop ---------------------------------------------------------------------------
     async def run(self) -> str:
@@ -101,7 +103,9 @@ class Conductor:
             self.stop_reason, self.status_if_stopped = f"wall-time budget of {limit:g} s spent", "stopped"
 
     def _used(self, samples: list[dict[str, Any]]) -> int:
-        return sum(s["state"] != "rejected" for s in samples)
+        # An operator's rejection frees its slot; a timeout's does not, or an unattended campaign
+        # would propose for ever.
+        return sum(s["state"] != "rejected" or (s["error"] or "").startswith("rejected by policy:") for s in samples)
 
     def _may_design(self, samples: list[dict[str, Any]]) -> bool:
         if self.stop_reason or self._used(samples) >= self.spec.budget.experiments:
@@ -167,19 +171,44 @@ class Conductor:
     def _apply_policy(self, samples: list[dict[str, Any]]) -> bool:
         """Decide, or ask, for every proposal not yet handled: also those a crash left undecided.
         True if anything was logged."""
-        auto = self.spec.approval.policy == "auto"
+        approval = self.spec.approval
         handled = False
         for s in samples:
-            if s["state"] != "proposed" or (s["awaiting_approval"] and not auto):
+            if s["state"] != "proposed" or (s["awaiting_approval"] and approval.policy != "auto"):
                 continue
             handled = True
             env = self._env(s["id"], s["candidate"].get("proposal_id"))
-            if auto:
+            if approval.policy == "auto":
                 self._log(ApprovalDecision(**env, approved=True, decided_by="policy:auto", channel="policy"))
-            else:
-                self._log(ApprovalRequest(**env, policy=self.spec.approval.policy,
-                                          reason="every proposal waits for an operator"))
-        return handled
+                continue
+            reasons = ["every proposal waits for an operator"]
+            if approval.policy == "rules":
+                seen = [x for x in samples if x["batch"] <= s["batch"] - self.spec.parallel_batches]
+                reasons = rule_failures(s["candidate"], seen, approval.rules, self.spec.objectives[0].name)
+                if not reasons:
+                    self._log(ApprovalDecision(**env, approved=True, decided_by="policy:rules", channel="policy",
+                                               reason="inside every rule of the campaign's approval policy"))
+                    continue
+            self._log(ApprovalRequest(**env, policy=approval.policy, reason="; ".join(reasons)))
+            self._asked[s["id"]] = time.monotonic()
+        return self._expire(samples) or handled
+
+    def _expire(self, samples: list[dict[str, Any]]) -> bool:
+        """Apply the policy's default to proposals that waited longer than its timeout (the clock
+        starts when the request is logged, or when this session began for older requests)."""
+        timeout = self.spec.approval.timeout_s
+        if timeout is None:
+            return False
+        now, expired = time.monotonic(), False
+        for s in samples:
+            if s["state"] == "proposed" and s["awaiting_approval"]:
+                if now - self._asked.setdefault(s["id"], now) > timeout:
+                    expired = True
+                    self._log(ApprovalDecision(
+                        **self._env(s["id"]), approved=self.spec.approval.default == "approve",
+                        decided_by="policy:timeout", channel="policy",
+                        reason=f"no operator decision within {timeout:g} s"))
+        return expired
 
     def _consume_inbox(self) -> None:
         # A command is marked consumed only once its decision is logged: a crash in between

@@ -215,8 +215,21 @@ class InstrumentSpec(_Strict):
     backend: Literal["simulated"] = "simulated"
 
 
+class ApprovalRules(_Strict):
+    """When the `rules` policy approves by itself; a proposal that fails any rule waits for an operator."""
+
+    min_measured: int = Field(default=3, ge=0, description="ask until this many samples are measured")
+    inside_explored: bool = Field(default=True, description="every input within what has been measured")
+    margin: float = Field(default=0.0, ge=0, description="slack beyond the measured range, as a fraction of it")
+    max_relative_sd: float | None = Field(default=None, gt=0, description="predicted sd / |mean| of the first "
+                                          "objective at most this (needs a model's prediction)")
+
+
 class ApprovalSpec(_Strict):
-    policy: Literal["auto", "always"] = "auto"
+    policy: Literal["auto", "always", "rules"] = "auto"
+    rules: ApprovalRules = ApprovalRules()
+    timeout_s: float | None = Field(default=None, gt=0, description="how long a proposal waits for an operator")
+    default: Literal["approve", "reject"] = Field(default="reject", description="what happens when it times out")
 
 
 def default_instruments() -> list[InstrumentSpec]:
