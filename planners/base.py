@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 from athanor.messages import Candidate
 
@@ -25,3 +25,8 @@ class Strategy(Protocol):
     def propose(self, history: list[Observation], n: int, pending: list[Observation]) -> list[Candidate]:
         """Return `n` new candidates, given the measured history and the points still in flight."""
         ...
+
+
+def input_key(inputs: Mapping[str, Any]) -> tuple:
+    """A hashable identity for a point of the design space (floats to 12 digits), to spot repeats."""
+    return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in inputs.items()))

@@ -34,7 +34,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood, SumMarginalLogLikelihood
 from gpytorch.priors import GammaPrior, LogNormalPrior
 
 from athanor.messages import Candidate, Prediction
-from athanor.planners.base import Observation
+from athanor.planners.base import Observation, input_key
 from athanor.planners.optim import optimize_box, optimize_simplex, score_pool
 from athanor.planners.random import SobolStrategy
 from athanor.planners.space import DesignSpace
@@ -133,10 +133,6 @@ def composition_warp(dim: int, fraction_dims: list[int]) -> Warp | None:
     return Warp(d=dim, indices=list(fraction_dims), concentration1_prior=prior, concentration0_prior=prior)
 
 
-def _key(inputs: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in inputs.items()))
-
-
 class BayesianStrategy:
     name = "bayesian"
 
@@ -196,13 +192,13 @@ class BayesianStrategy:
                   pending: list[Observation]) -> list[Candidate]:
         """Integer and categorical inputs are optimized relaxed and rounded after, so two picks can
         land on one point, or on a measured one: replace those with space-filling points."""
-        seen = {_key(o.inputs) for o in [*history, *pending]}
+        seen = {input_key(o.inputs) for o in [*history, *pending]}
         distinct, repeats = [], 0
         for c in proposals:
-            if c.pool_index is None and _key(c.inputs) in seen:
+            if c.pool_index is None and input_key(c.inputs) in seen:
                 repeats += 1
                 continue
-            seen.add(_key(c.inputs))
+            seen.add(input_key(c.inputs))
             distinct.append(c)
         taken = [*history, *pending, *[Observation(inputs=c.inputs) for c in distinct]]
         for _ in range(20):  # a small discrete space may need a few space-filling draws
@@ -210,8 +206,8 @@ class BayesianStrategy:
                 break
             for c in self._space_filling(taken, repeats, [], "rounding repeated a point"):
                 taken.append(Observation(inputs=c.inputs))
-                if _key(c.inputs) not in seen:
-                    seen.add(_key(c.inputs))
+                if input_key(c.inputs) not in seen:
+                    seen.add(input_key(c.inputs))
                     distinct.append(c)
                     repeats -= 1
         return distinct

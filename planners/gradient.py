@@ -50,8 +50,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from athanor import chemistry
+from athanor.chemistry import is_element
 from athanor.messages import Candidate, Prediction
-from athanor.planners.base import Observation
+from athanor.planners.base import Observation, input_key
 from athanor.planners.ensemble import DeepEnsemble, default_device
 from athanor.planners.oxidation import ChargePatterns, Site, charge_patterns
 from athanor.planners.random import SobolStrategy
@@ -64,31 +66,13 @@ Predictor = Callable[[torch.Tensor], Mapping[str, Any]]
 _NEG = -1e9  # logit of a masked-out element: exp underflows to exactly 0 at every temperature used
 
 
-def _is_element(symbol: str) -> bool:
-    from pymatgen.core.periodic_table import Element
-
-    return isinstance(symbol, str) and Element.is_valid_symbol(symbol)
-
-
-def _key(inputs: Mapping[str, Any]) -> tuple:
-    return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in inputs.items()))
-
-
-_ROMAN = {"IV": 4, "VI": 6, "VIII": 8, "IX": 9, "X": 10, "XII": 12, "III": 3, "V": 5, "VII": 7, "XI": 11, "II": 2}
-
-
 def shannon_radius(symbol: str, charge: int, cn: int) -> float:
-    """Shannon ionic radius (Å) at the tabulated coordination nearest `cn` (pymatgen's table)."""
+    """Shannon ionic radius (Å) at the tabulated coordination nearest `cn`; the atomic radius (or
+    1.5 Å) for an ion the table lacks, so a relaxed distribution over it stays differentiable."""
     from pymatgen.core.periodic_table import Element
 
-    table = Element(symbol).data.get("Shannon radii", {}).get(str(int(charge)), {})
-    options = [(key, _ROMAN[key.rstrip("SQPY")]) for key in table if key.rstrip("SQPY") in _ROMAN]
-    if not options:
-        return float(Element(symbol).atomic_radius or 1.5)
-    key, _ = min(options, key=lambda o: (abs(o[1] - cn), -o[1], len(o[0])))
-    spins = table[key]
-    entry = spins.get("") or spins.get("High Spin") or next(iter(spins.values()))
-    return float(entry["ionic_radius"])
+    found = chemistry.shannon_radius(symbol, charge, cn)
+    return found[0] if found is not None else float(Element(symbol).atomic_radius or 1.5)
 
 
 @dataclass
@@ -174,7 +158,7 @@ class GradientStrategy:
                 continue
             block = _Block(p.name, tuple(p.choices))
             if p.name in sites:
-                if not all(_is_element(c) for c in p.choices):
+                if not all(is_element(c) for c in p.choices):
                     raise ValueError(f"designer.options.sites: {p.name!r} has choices that are not element symbols")
                 spec = sites[p.name]
                 mult = int(spec if not isinstance(spec, Mapping) else spec.get("multiplicity", 1))
@@ -190,7 +174,7 @@ class GradientStrategy:
                 raise ValueError(f"designer.options.sites: {name!r} is no parameter of the space; give it as "
                                  "{elements: [...], multiplicity: n} (a fixed site of one element)")
             elements = tuple(spec["elements"])
-            if len(elements) != 1 or not _is_element(elements[0]):
+            if len(elements) != 1 or not is_element(elements[0]):
                 raise ValueError(f"designer.options.sites: fixed site {name!r} must hold exactly one element")
             block = _Block(name, elements, in_space=False, site=len(charge_sites))
             charge_sites.append(Site(name, elements, int(spec.get("multiplicity", 1))))
@@ -559,8 +543,8 @@ class GradientStrategy:
     def _select(self, params: Mapping[str, torch.Tensor], history: list[Observation],
                 pending: list[Observation], n: int) -> list[Candidate]:
         rows, X, patterns = self.decode(params)
-        seen = {_key(o.inputs) for o in [*history, *pending]}
-        if len({_key(r) for r in rows} - seen) < n and self.template.blocks:
+        seen = {input_key(o.inputs) for o in [*history, *pending]}
+        if len({input_key(r) for r in rows} - seen) < n and self.template.blocks:
             # The batch converged onto fewer unmeasured points than asked for (a small discrete space):
             # score as many random decodes as well, so the rest are still chosen by the model.
             gen = torch.Generator().manual_seed(self.seed * 104_729 + len(history) + len(pending))
@@ -579,7 +563,7 @@ class GradientStrategy:
         for i in order:
             if len(chosen) >= n:
                 break
-            key = _key(rows[i])
+            key = input_key(rows[i])
             if key in seen:
                 continue
             if continuous and self.min_distance > 0 and taken:
@@ -605,7 +589,7 @@ class GradientStrategy:
         if self.template.patterns is None:
             return [c.model_copy(update={"rationale": f"{why}; {c.rationale}"})
                     for c in self.fallback.propose(history, n, pending)]
-        seen = {_key(o.inputs) for o in [*history, *pending]}
+        seen = {input_key(o.inputs) for o in [*history, *pending]}
         out: list[Candidate] = []
         gen = torch.Generator().manual_seed(self.seed * 7919 + len(history) + len(pending))
         for attempt in range(20):
@@ -615,9 +599,9 @@ class GradientStrategy:
             for row, p in zip(rows, patterns):
                 if len(out) >= n:
                     return out
-                if _key(row) in seen:
+                if input_key(row) in seen:
                     continue
-                seen.add(_key(row))
+                seen.add(input_key(row))
                 charges = "" if p is None else f" ({self.template.patterns.describe(p)})"
                 out.append(Candidate(inputs=row, rationale=f"{why}; random charge-neutral template{charges}"))
         return out

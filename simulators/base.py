@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from athanor.chemistry import is_element
 from athanor.errors import AthanorError
 
 
@@ -86,12 +87,6 @@ def sample_ordinal(key: str) -> int:
     """The sample's number in a step key such as 'S0012:characterization' (0 when there is none)."""
     match = re.match(r"\D*(\d+)", key)
     return int(match.group(1)) if match else 0
-
-
-def is_element(symbol: str) -> bool:
-    from pymatgen.core.periodic_table import Element
-
-    return Element.is_valid_symbol(symbol)
 
 
 class ComputedWorld:

@@ -44,6 +44,7 @@ import math
 from functools import lru_cache
 from typing import Any
 
+from athanor import chemistry
 from athanor.errors import AthanorError
 from athanor.simulators import chgnet_cache
 from athanor.simulators.base import ComputedWorld, SimulatedConditions
@@ -55,23 +56,13 @@ PROTOTYPES = {  # (cations, anions) per formula -> prototypes tried for that bin
     (1, 1): ("rocksalt", "CsCl"), (1, 2): ("rutile", "fluorite", "CdI2"), (2, 1): ("antifluorite",),
     (2, 3): ("corundum", "La2O3"), (1, 3): ("ReO3",), (2, 5): ("ReO3-vacancy-a", "ReO3-vacancy-b"),
 }
-_ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "VI": 6, "VII": 7, "VIII": 8, "IX": 9, "X": 10,
-          "XI": 11, "XII": 12, "XIV": 14}
-
-
 def shannon_radius(el: str, charge: int, cn: int) -> tuple[float, str | None]:
     """Shannon ionic radius (Å) at coordination `cn`, else at the nearest tabulated one (with a note)."""
-    from pymatgen.core import Element
-
-    table = Element(el).data.get("Shannon radii", {}).get(str(charge), {})
-    options = [(key, _ROMAN[key.rstrip("SQPY")]) for key in table if key.rstrip("SQPY") in _ROMAN]
-    if not options:
+    found = chemistry.shannon_radius(el, charge, cn)
+    if found is None:
         raise AthanorError(f"no Shannon radius for {el}{charge:+d}; the tolerance factor cannot be computed")
-    key, found = min(options, key=lambda o: (abs(o[1] - cn), -o[1], len(o[0])))
-    spins = table[key]
-    spin = "High Spin" if "High Spin" in spins else ("" if "" in spins else next(iter(spins)))
-    note = None if found == cn else f"{el}{charge:+d}: no CN {cn} radius, used CN {key}"
-    return float(spins[spin]["ionic_radius"]), note
+    radius, key, number = found
+    return radius, None if number == cn else f"{el}{charge:+d}: no CN {cn} radius, used CN {key}"
 
 
 def _formula(site: dict[str, float]) -> str:
@@ -277,7 +268,7 @@ class PerovskiteWorld(ComputedWorld):
 
     @classmethod
     def from_campaign(cls, spec: Any) -> ComputedWorld:
-        from athanor.simulators.base import is_element
+        from athanor.chemistry import is_element
 
         unknown = [n for n in spec.space.input_names if not is_element(n) and n not in SETTINGS]
         if unknown:
