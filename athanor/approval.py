@@ -1,48 +1,17 @@
-"""Operators' decisions on proposals. The CLI (and later the chat) share this one path.
+"""The `rules` approval policy: when a proposal may go to the lab without asking an operator.
 
-A decision is checked against the store (the sample exists and awaits approval) and posted to the
-inbox; the conductor logs it as an `ApprovalDecision` with who, when and through which channel.
-"""
+The rules look at what the designer saw (the samples it was given, by the lag rule), the candidate's
+prediction and, for routes that price and flag their recipes, the recipe planned before approval.
+(Operators' own decisions go through `athanor.commands`.)"""
 
 from __future__ import annotations
 
-import getpass
 import math
-import os
 from typing import Any, Sequence
-
-from athanor.errors import AthanorError
-from athanor.store import Store
-
-
-def current_user(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("ATHANOR_USER") or getpass.getuser()
-
-
-def decide(store: Store, sample_ids: list[str], approve: bool, user: str, reason: str = "",
-           channel: str = "cli") -> list[str]:
-    """Post approve/reject commands for every sample, or none if any is not awaiting approval."""
-    samples = {s["id"]: s for s in store.samples()}
-    problems = []
-    for sample_id in sample_ids:
-        sample = samples.get(sample_id)
-        if sample is None:
-            problems.append(f"no sample {sample_id!r} in campaign {store.campaign_id}")
-        elif not sample["awaiting_approval"]:
-            problems.append(f"sample {sample_id} is {sample['state']}, not awaiting approval")
-    if not approve and not reason.strip():
-        problems.append("a rejection needs a reason")
-    if problems:
-        raise AthanorError("; ".join(problems))
-    action = "approve" if approve else "reject"
-    for sample_id in sample_ids:
-        store.post_command({"action": action, "sample_id": sample_id, "user": user,
-                            "reason": reason, "channel": channel})
-    return sample_ids
 
 
 def rule_failures(candidate: dict[str, Any], measured: Sequence[dict[str, Any]], rules: Any,
-                  objective: str) -> list[str]:
+                  objective: str, recipe: dict[str, Any] | None = None) -> list[str]:
     """Why the `rules` policy would not approve this candidate by itself (empty: it would).
 
     `measured` are the samples the designer saw (the lag rule), so the decision does not depend on
@@ -71,4 +40,26 @@ def rule_failures(candidate: dict[str, Any], measured: Sequence[dict[str, Any]],
             ratio = prediction["sd"] / max(abs(prediction["mean"]), 1e-12)
             if ratio > rules.max_relative_sd:
                 problems.append(f"{objective} too uncertain (sd/|mean| {ratio:.2f} > {rules.max_relative_sd:g})")
+    return problems + recipe_failures(recipe, rules)
+
+
+def recipe_failures(recipe: dict[str, Any] | None, rules: Any) -> list[str]:
+    """The rules on what making the candidate involves: the precursors' cost and hazard flags."""
+    if rules.max_cost_usd is None and rules.allowed_hazards is None:
+        return []
+    if not recipe:
+        return ["no recipe to judge cost and hazards by"]
+    problems = []
+    cost = recipe.get("cost_usd")
+    if rules.max_cost_usd is not None:
+        if cost is None:
+            problems.append(f"the {recipe.get('route')} recipe has no cost estimate")
+        elif cost > rules.max_cost_usd:
+            problems.append(f"precursors cost ${cost:.2f}, over the ${rules.max_cost_usd:g} the rules allow")
+    if rules.allowed_hazards is not None:
+        flagged = {p: sorted(set(flags) - set(rules.allowed_hazards))
+                   for p, flags in (recipe.get("hazards") or {}).items()}
+        flagged = {p: f for p, f in flagged.items() if f}
+        if flagged:
+            problems.append("hazardous precursors: " + "; ".join(f"{p} ({', '.join(f)})" for p, f in flagged.items()))
     return problems

@@ -3,16 +3,16 @@
 A tool-calling loop over LangChain: the model (the built-in deterministic one, or any provider
 through `init_chat_model` when ATHANOR_CHAT_MODEL names one) sees the campaign's tools; every tool
 call's arguments are validated, and a bad call (unknown tool, unknown sample, malformed argument,
-out-of-bounds edit) gets an explanatory error back, never an action. Approvals and rejections go
-through `athanor.approval.decide`, the CLI's own path, with channel "chat". Every message of the
-conversation is appended to DIR/chat-transcript.jsonl with who, when and through which channel.
+out-of-bounds edit) gets an explanatory error back, never an action. Every action goes through
+`athanor.commands`, the CLI's own path, with channel "chat" and a link to the transcript (session id,
+file, the operator's words). Every message of the conversation is appended to
+DIR/chat-transcript.jsonl with who, when and through which channel.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -23,11 +23,13 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field, ValidationError
 
-from athanor.approval import current_user, decide
-from athanor.chat_model import DeterministicChatModel
+from athanor import commands
+from athanor.chat_model import make_model
+from athanor.commands import MAX_BATCH_SIZE, current_user, posted_decisions
 from athanor.errors import AthanorError
 from athanor.messages import utcnow
-from athanor.spec import Campaign, CategoricalParameter, ContinuousParameter, IntegerParameter
+from athanor.report import decision_line, fmt, inputs_text, recipe_lines
+from athanor.spec import Campaign, CategoricalParameter
 from athanor.store import MEASURED, Store
 
 CHANNEL = "chat"
@@ -66,57 +68,11 @@ class RejectArgs(_Args):
 class EditArgs(_Args):
     sample_id: SampleRef = Field(description="the sample to edit (S0003 or 3)")
     inputs: dict[str, Union[float, int, str]] = Field(description="new values of inputs, by input name")
+    reason: str = Field(default="", description="why it is edited")
 
 
-# --- checks -------------------------------------------------------------------------------
-def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
-    """Problems of a full set of inputs against the campaign's design space (empty: valid)."""
-    space, problems = spec.space, []
-    if space.pool is not None:
-        return ["the design space is a dataset pool: a candidate can only be one of its rows, not edited"]
-    names = space.input_names
-    unknown = [k for k in inputs if k not in names]
-    if unknown:
-        problems.append(f"unknown input(s) {', '.join(unknown)}; the inputs are {', '.join(names)}")
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        problems.append(f"missing input(s) {', '.join(missing)}")
-    for p in space.parameters:
-        if p.name not in inputs:
-            continue
-        value = inputs[p.name]
-        if isinstance(p, CategoricalParameter):
-            if value not in p.choices:
-                problems.append(f"{p.name}={value!r} is not one of {p.choices}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            problems.append(f"{p.name}={value!r} is not a finite number")
-        elif isinstance(p, IntegerParameter) and value != int(value):
-            problems.append(f"{p.name}={value!r} is not an integer")
-        elif isinstance(p, (ContinuousParameter, IntegerParameter)) and not p.low <= value <= p.high:
-            problems.append(f"{p.name}={value} is outside [{p.low}, {p.high}]")
-    if space.composition is not None:
-        fractions = []
-        for el, (low, high) in space.composition.elements.items():
-            value = inputs.get(el)
-            if el not in inputs:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                problems.append(f"{el}={value!r} is not a finite fraction")
-                continue
-            fractions.append(float(value))
-            if not low - 1e-9 <= value <= high + 1e-9:
-                problems.append(f"{el}={value} is outside [{low}, {high}]")
-        if len(fractions) == len(space.composition.elements) and abs(sum(fractions) - 1.0) > 1e-6:
-            problems.append(f"the fractions of {', '.join(space.composition.elements)} sum to {sum(fractions):g}, not 1")
-    return problems
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _inputs_text(inputs: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in inputs.items())
+class BatchSizeArgs(_Args):
+    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE, description="proposals per design request from now on")
 
 
 # --- the session ------------------------------------------------------------------------------
@@ -124,10 +80,11 @@ class ChatSession:
     """One operator's conversation with one stored campaign."""
 
     def __init__(self, store: Store, spec: Campaign, user: str, model: BaseChatModel,
-                 transcript: Path | None = None):
-        self.store, self.spec, self.user, self.model = store, spec, user, model
+                 transcript: Path | None = None, model_note: str = ""):
+        self.store, self.spec, self.user, self.model, self.model_note = store, spec, user, model, model_note
         self.transcript = transcript
         self.session_id = uuid.uuid4().hex[:12]
+        self._said = ""  # the operator's message being answered
         self.tools = {t.name: t for t in self._make_tools()}
         try:
             self.bound = model.bind_tools(list(self.tools.values()))
@@ -154,7 +111,11 @@ class ChatSession:
                  "nearest measured neighbours, recipe and hazards."),
             tool(self._approve, ApproveArgs, "Approve candidates awaiting approval (sample_ids, or all_pending=true)."),
             tool(self._reject, RejectArgs, "Reject one candidate awaiting approval, with a reason."),
-            tool(self._edit, EditArgs, "Check new inputs for a candidate against the design space."),
+            tool(self._edit, EditArgs, "Change some inputs of a candidate awaiting approval and approve it; the new "
+                 "inputs are checked against the design space and the candidate is planned again."),
+            tool(self._pause, NoArgs, "Pause the campaign: steps under way finish, nothing new starts."),
+            tool(self._resume, NoArgs, "Resume a paused campaign."),
+            tool(self._set_batch_size, BatchSizeArgs, "Set how many candidates the designer proposes at a time."),
         ]
 
     def _resolve(self, ref: SampleRef) -> dict[str, Any]:
@@ -168,15 +129,9 @@ class ChatSession:
             raise Refused(f"there is no sample {raw!r} in campaign {self.store.campaign_id} ({hint})")
         return sample
 
-    def _posted(self) -> dict[str, str]:
-        """Decisions posted to the inbox that the conductor has not logged yet, by sample."""
-        return {c.get("sample_id"): c.get("action") for _, c in self.store.pending_commands()}
-
-    def _awaiting(self, sample: dict[str, Any], posted: dict[str, str]) -> None:
-        if not sample["awaiting_approval"]:
-            raise Refused(f"sample {sample['id']} is {sample['state']}, not awaiting approval")
-        if sample["id"] in posted:
-            raise Refused(f"sample {sample['id']} already has a {posted[sample['id']]} decision waiting for the conductor")
+    def _link(self) -> dict[str, Any]:
+        """What a decision records of the conversation that led to it."""
+        return {"session": self.session_id, "file": TRANSCRIPT, "operator_message": self._said}
 
     def _status(self) -> str:
         samples = self.store.samples()
@@ -189,29 +144,33 @@ class ChatSession:
                  "samples: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet")]
         waiting = [s["id"] for s in samples if s["awaiting_approval"]]
         lines.append("awaiting approval: " + (" ".join(waiting) or "none"))
-        posted = self._posted()
+        controls = self.store.controls()
+        lines.append(f"{'PAUSED; ' if controls['paused'] else ''}batch size {controls['batch_size'] or self.spec.batch_size}")
+        posted = posted_decisions(self.store)
         if posted:
             lines.append("decisions waiting for the conductor: " + ", ".join(f"{a} {i}" for i, a in posted.items()))
-        for a in [a for a in self.store.approvals() if a["channel"] != "policy"][-5:]:
-            verdict = "approved" if a["approved"] else f"rejected ({a['reason']})"
-            lines.append(f"  {a['sample_id']} {verdict} by {a['decided_by']} via {a['channel']} at {a['decided_at']}")
+        lines += ["  " + decision_line(a) for a in self.store.approvals() if a["channel"] != "policy"][-5:]
         return "\n".join(lines)
 
     def _prediction_text(self, candidate: dict[str, Any]) -> str:
         predicted = candidate.get("predicted") or {}
-        parts = [f"{name} {_fmt(p['mean'])} ± {_fmt(p['sd'])}" for name, p in predicted.items()]
+        parts = [f"{name} {fmt(p['mean'])} ± {fmt(p['sd'])}" for name, p in predicted.items()]
         return "predicted " + ", ".join(parts) if parts else "no prediction (the designer had no model yet)"
 
     def _list_pending(self) -> str:
-        posted = self._posted()
+        posted = posted_decisions(self.store)
         waiting = [s for s in self.store.samples() if s["awaiting_approval"]]
         if not waiting:
             return "no candidates are awaiting approval"
         lines = []
         for s in waiting:
             note = f" [{posted[s['id']]} posted, waiting for the conductor]" if s["id"] in posted else ""
-            lines.append(f"{s['id']} (batch {s['batch']}): {_inputs_text(s['inputs'])}; "
-                         f"{self._prediction_text(s['candidate'])}{note}")
+            cost = (s["recipe"] or {}).get("cost_usd")
+            hazards = sorted({h for flags in ((s["recipe"] or {}).get("hazards") or {}).values() for h in flags})
+            lines.append(f"{s['id']} (batch {s['batch']}): {inputs_text(s['inputs'])}; "
+                         f"{self._prediction_text(s['candidate'])}"
+                         + (f"; precursors ${cost:.2f}" if cost is not None else "")
+                         + (f"; hazards: {', '.join(hazards)}" if hazards else "") + note)
         return f"{len(waiting)} awaiting approval:\n" + "\n".join(lines)
 
     def _neighbours(self, sample: dict[str, Any], k: int = 3) -> list[tuple[float, dict[str, Any]]]:
@@ -235,76 +194,84 @@ class ChatSession:
         s = self._resolve(sample_id)
         c = s["candidate"]
         lines = [f"{s['id']} ({s['state']}{', awaiting approval' if s['awaiting_approval'] else ''}), "
-                 f"batch {s['batch']}: {_inputs_text(s['inputs'])}",
+                 f"batch {s['batch']}: {inputs_text(s['inputs'])}",
                  self._prediction_text(c)]
         if c.get("acquisition_value") is not None:
-            lines.append(f"acquisition value {_fmt(c['acquisition_value'])}")
+            lines.append(f"acquisition value {fmt(c['acquisition_value'])}")
         if c.get("rationale"):
             lines.append(f"rationale: {c['rationale']}")
+        if c.get("edited_from"):
+            lines.append(f"edited by an operator from {inputs_text(c['edited_from'])} (the prediction was for those)")
         if s["values"]:
-            lines.append("measured: " + _inputs_text(s["values"]))
+            lines.append("measured: " + inputs_text(s["values"]))
         near = self._neighbours(s)
         if near:
             lines.append("nearest measured neighbours:")
-            lines += [f"  {n['id']} (distance {d:.3g}): {_inputs_text(n['inputs'])} -> {_inputs_text(n['values'])}"
+            lines += [f"  {n['id']} (distance {d:.3g}): {inputs_text(n['inputs'])} -> {inputs_text(n['values'])}"
                       for d, n in near]
         else:
             lines.append("no measured samples yet to compare with")
-        recipe = s.get("recipe")
-        if recipe:
-            precursors = ", ".join(p.get("formula") or p.get("name") or str(p) for p in recipe.get("precursors", []))
-            lines.append(f"recipe: route {recipe.get('route')}" + (f", precursors {precursors}" if precursors else ""))
-            hazards = (recipe.get("details") or {}).get("hazards")
-            lines.append(f"hazards: {json.dumps(hazards)}" if hazards else "hazards: none recorded")
-        else:
-            lines.append("recipe: not planned yet (the planner runs after approval), so no hazards known yet")
+        lines += recipe_lines(s.get("recipe"))
         if s.get("error"):
             lines.append(f"note: {s['error']}")
         return "\n".join(lines)
 
     def _approve(self, sample_ids: list[SampleRef], all_pending: bool = False) -> str:
-        posted = self._posted()
         if all_pending:
             if sample_ids:
                 raise Refused("give either sample_ids or all_pending=true, not both")
+            posted = posted_decisions(self.store)
             ids = [s["id"] for s in self.store.samples() if s["awaiting_approval"] and s["id"] not in posted]
             if not ids:
                 return "nothing to approve: no candidate is awaiting approval"
         else:
             if not sample_ids:
                 raise Refused("name the samples to approve (sample_ids), or pass all_pending=true")
-            samples, problems = [], []
+            ids, problems = [], []
             for ref in sample_ids:
                 try:
-                    sample = self._resolve(ref)
-                    self._awaiting(sample, posted)
-                    samples.append(sample)
+                    ids.append(self._resolve(ref)["id"])
                 except Refused as exc:
                     problems.append(str(exc))
             if problems:
                 raise Refused("nothing approved: " + "; ".join(problems))
-            ids = list(dict.fromkeys(s["id"] for s in samples))
-        decide(self.store, ids, True, self.user, channel=CHANNEL)
+            ids = list(dict.fromkeys(ids))
+        try:
+            commands.decide(self.store, self.spec, ids, True, self.user, channel=CHANNEL, transcript=self._link())
+        except AthanorError as exc:
+            raise Refused(f"nothing approved: {exc}") from None
         return f"approved {' '.join(ids)} as {self.user} via chat (the conductor logs the decision)"
 
     def _reject(self, sample_id: SampleRef, reason: str) -> str:
         if not reason.strip():
             raise Refused("a rejection needs a reason, e.g. 'reject 4: too much Pb'")
         sample = self._resolve(sample_id)
-        self._awaiting(sample, self._posted())
-        decide(self.store, [sample["id"]], False, self.user, reason.strip(), channel=CHANNEL)
+        commands.decide(self.store, self.spec, [sample["id"]], False, self.user, reason.strip(), channel=CHANNEL,
+                        transcript=self._link())
         return f"rejected {sample['id']} as {self.user} via chat: {reason.strip()} (the conductor logs the decision)"
 
-    def _edit(self, sample_id: SampleRef, inputs: dict[str, Any]) -> str:
+    def _edit(self, sample_id: SampleRef, inputs: dict[str, Any], reason: str = "") -> str:
         sample = self._resolve(sample_id)
-        self._awaiting(sample, self._posted())
-        merged = {**sample["inputs"], **inputs}
-        problems = validate_inputs(self.spec, merged)
-        if problems:
-            raise Refused(f"edit of {sample['id']} refused: " + "; ".join(problems))
-        raise Refused(f"the edit {_inputs_text(inputs)} of {sample['id']} is within the design space, but editing "
-                      "candidates is not supported yet (the campaign's inbox takes approve and reject only); "
-                      f"{sample['id']} is unchanged. Reject it with a reason instead if it should not run.")
+        try:
+            new = commands.edit(self.store, self.spec, sample["id"], inputs, self.user, reason.strip(),
+                                channel=CHANNEL, transcript=self._link())
+        except AthanorError as exc:
+            raise Refused(f"edit of {sample['id']} refused, nothing changed: {exc}") from None
+        return (f"edited and approved {sample['id']} as {self.user} via chat: {inputs_text(new)} "
+                "(the conductor logs the decision; the candidate is planned again)")
+
+    def _pause(self) -> str:
+        commands.control(self.store, self.spec, "pause", self.user, CHANNEL, transcript=self._link())
+        return "pause posted: steps under way finish, nothing new starts until you resume"
+
+    def _resume(self) -> str:
+        commands.control(self.store, self.spec, "resume", self.user, CHANNEL, transcript=self._link())
+        return "resume posted: the campaign carries on"
+
+    def _set_batch_size(self, batch_size: int) -> str:
+        commands.control(self.store, self.spec, "batch_size", self.user, CHANNEL, batch_size=batch_size,
+                         transcript=self._link())
+        return f"batch size {batch_size} posted: the designer's next requests ask for {batch_size} candidates"
 
     # --- the loop -------------------------------------------------------------------------
     def call_tool(self, call: Mapping[str, Any]) -> str:
@@ -328,7 +295,7 @@ class ChatSession:
 
     def send(self, text: str) -> str:
         """One operator message in; the model's final answer out, after any tool calls."""
-        start = len(self.messages)
+        start, self._said = len(self.messages), text
         self.messages.append(HumanMessage(content=text))
         reply = f"(stopped after {MAX_ROUNDS} rounds of tool calls without an answer)"
         try:
@@ -373,29 +340,14 @@ def _text(message: BaseMessage) -> str:
 
 
 # --- models and entry points ----------------------------------------------------------------
-def make_model(env: Mapping[str, str] | None = None) -> tuple[BaseChatModel, str]:
-    """The chat model and a line saying which: ATHANOR_CHAT_MODEL ('openai:gpt-4o-mini') through
-    langchain's init_chat_model when it can be had, the built-in deterministic model otherwise."""
-    env = os.environ if env is None else env
-    name = (env.get("ATHANOR_CHAT_MODEL") or "").strip()
-    if not name or name in ("builtin", "deterministic"):
-        return DeterministicChatModel(), "model: built-in (plain commands; type 'help')"
-    try:
-        from langchain.chat_models import init_chat_model
-
-        return init_chat_model(name), f"model: {name}"
-    except Exception as exc:  # noqa: BLE001 -- a missing package or key: fall back, and say why
-        return DeterministicChatModel(), (f"model: built-in (ATHANOR_CHAT_MODEL={name} unavailable: "
-                                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-
-
 def open_session(run_dir: str | Path, user: str | None = None, model: BaseChatModel | None = None) -> ChatSession:
     from athanor.campaign import open_run
 
     store, spec = open_run(run_dir)
+    note = ""
     if model is None:
-        model, _ = make_model()
-    return ChatSession(store, spec, current_user(user), model, Path(run_dir) / TRANSCRIPT)
+        model, note = make_model(configured=spec.approval.chat_model)
+    return ChatSession(store, spec, current_user(user, spec), model, Path(run_dir) / TRANSCRIPT, note)
 
 
 def chat_once(run_dir: str | Path, message: str, user: str | None = None,
@@ -412,10 +364,8 @@ def chat_repl(run_dir: str | Path, user: str | None = None, model: BaseChatModel
               stdin: Any = None, stdout: Any = None) -> int:
     """`athanor chat DIR`: read lines until EOF or 'quit', answer each."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    note = ""
-    if model is None:
-        model, note = make_model()
     session = open_session(run_dir, user, model)
+    note = session.model_note
     print(f"chat with campaign {session.spec.campaign} ({session.store.campaign_id}) as {session.user}; "
           f"{note + '; ' if note else ''}'quit' to leave", file=stdout)
     try:

@@ -2,14 +2,16 @@
 
 It turns plain commands into the same tool calls a hosted model would make ("approve 3 and 5",
 "approve all pending", "reject 4: too much Pb", "why 7?", "edit 3 Sr=0.5 Ba=0.5", "status",
-"pending") and, once the tools have answered, replies with their results as plain text.
+"pending", "pause", "resume", "batch size 2") and, once the tools have answered, replies with their
+results as plain text.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
@@ -22,7 +24,9 @@ HELP = """I understand:
   approve 3 and 5             approve candidates (ids as S0003 or 3)
   approve all pending         approve every candidate awaiting approval
   reject 4: too much Pb       reject a candidate, with a reason
-  edit 3 Sr=0.5 Ba=0.5        check an edit of a candidate against the design space"""
+  edit 3 Sr=0.5 Ba=0.5        change inputs of a candidate and approve it (checked against the design space)
+  pause | resume              stop starting new steps | carry on
+  batch size 2                how many candidates the designer proposes at a time"""
 
 _ID = re.compile(r"\b[Ss]?\d+\b")
 _counter = itertools.count(1)
@@ -47,6 +51,13 @@ def parse_command(text: str) -> list[dict[str, Any]] | None:
         return [_call("status")]
     if re.fullmatch(r"(list|pending|list pending|show pending|what is pending|what's pending)", low):
         return [_call("list_pending")]
+    if re.fullmatch(r"pause( the campaign)?", low):
+        return [_call("pause")]
+    if re.fullmatch(r"(resume|unpause|continue)( the campaign)?", low):
+        return [_call("resume")]
+    match = re.fullmatch(r"(?:set )?(?:the )?batch[ _]size\s*(?:to|=|:)?\s*(-?\d+)", low)
+    if match:
+        return [_call("set_batch_size", batch_size=int(match.group(1)))]
     match = re.match(r"(approve)\b(.*)", text, re.I | re.S)
     if match:
         rest = match.group(2)
@@ -97,3 +108,20 @@ class DeterministicChatModel(BaseChatModel):
         if not calls:
             return AIMessage(content=HELP)
         return AIMessage(content="", tool_calls=calls)
+
+
+def make_model(env: Mapping[str, str] | None = None, configured: str | None = None) -> tuple[BaseChatModel, str]:
+    """The chat model and a line saying which: ATHANOR_CHAT_MODEL, else the campaign's
+    `approval.chat_model` ('openai:gpt-4o-mini'), through LangChain's init_chat_model when it can be
+    had; the built-in deterministic model otherwise."""
+    env = os.environ if env is None else env
+    name = (env.get("ATHANOR_CHAT_MODEL") or configured or "").strip()
+    if not name or name in ("builtin", "deterministic"):
+        return DeterministicChatModel(), "model: built-in (plain commands; type 'help')"
+    try:
+        from langchain.chat_models import init_chat_model
+
+        return init_chat_model(name), f"model: {name}"
+    except Exception as exc:  # noqa: BLE001 -- a missing package or key: fall back, and say why
+        return DeterministicChatModel(), (f"model: built-in (chat model {name} unavailable: "
+                                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")

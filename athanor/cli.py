@@ -55,7 +55,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from athanor.campaign import open_run
-    from athanor.report import summarize
+    from athanor.report import decision_line, summarize
 
     store, spec = open_run(args.dir)
     samples = store.samples()
@@ -63,32 +63,56 @@ def _status(args: argparse.Namespace) -> int:
     events = store.events(kind="campaign_event")
     status = events[-1].status if events and events[-1].event == "ended" else "running or interrupted"
     summary = summarize(store, spec, status)
+    controls = store.controls()
     report = {"campaign": spec.campaign, "campaign_id": store.campaign_id, "status": status,
+              "paused": controls["paused"], "batch_size": controls["batch_size"] or spec.batch_size,
               "states": dict(states), "awaiting_approval": [s["id"] for s in samples if s["awaiting_approval"]],
               "approvals": store.approvals(), "best": summary["best"], "wall_s": summary["wall_s"]}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"campaign {spec.campaign} ({store.campaign_id}): {status}")
+    print(f"campaign {spec.campaign} ({store.campaign_id}): {status}"
+          f"{' (PAUSED)' if report['paused'] else ''}; batch size {report['batch_size']}")
     print("samples: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) if states else "samples: none yet")
     if report["awaiting_approval"]:
         print("awaiting approval: " + " ".join(report["awaiting_approval"]))
     for a in report["approvals"]:
         if a["channel"] != "policy":
-            verdict = "approved" if a["approved"] else f"rejected ({a['reason']})"
-            print(f"  {a['sample_id']} {verdict} by {a['decided_by']} via {a['channel']} at {a['decided_at']}")
+            print("  " + decision_line(a))
     if summary["best"]:
         print(f"best: {summary['best']['sample_id']} {summary['best']['objectives']}")
     return 0
 
 
 def _decide(args: argparse.Namespace, approve: bool) -> int:
-    from athanor.approval import current_user, decide
     from athanor.campaign import open_run
+    from athanor.commands import current_user, decide
 
-    store, _ = open_run(args.dir)
-    ids = decide(store, args.sample_ids, approve, current_user(args.user), getattr(args, "reason", "") or "")
+    store, spec = open_run(args.dir)
+    ids = decide(store, spec, args.sample_ids, approve, current_user(args.user, spec), getattr(args, "reason", "") or "")
     print(f"{'approved' if approve else 'rejected'}: {' '.join(ids)} (the conductor logs the decision)")
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from athanor.campaign import open_run
+    from athanor.commands import current_user, edit
+    from athanor.report import inputs_text
+
+    store, spec = open_run(args.dir)
+    new = edit(store, spec, args.sample_id, _parse_settings(args.changes, "NAME=VALUE"), current_user(args.user, spec),
+               args.reason or "")
+    print(f"edited and approved {args.sample_id}: {inputs_text(new)} (the conductor logs the decision)")
+    return 0
+
+
+def _control(args: argparse.Namespace, action: str) -> int:
+    from athanor.campaign import open_run
+    from athanor.commands import control, current_user
+
+    store, spec = open_run(args.dir)
+    control(store, spec, action, current_user(args.user, spec), batch_size=getattr(args, "n", None))
+    print(f"{action.replace('_', ' ')} posted (the conductor logs it)")
     return 0
 
 
@@ -105,12 +129,12 @@ def _chat(args: argparse.Namespace) -> int:
     return run_chat_command(args)
 
 
-def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+def _parse_settings(pairs: list[str], form: str = "--set KEY=VALUE") -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise AthanorError(f"--set {pair!r}: expected KEY=VALUE")
+            raise AthanorError(f"{pair!r}: expected {form}")
         try:
             settings[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -198,6 +222,26 @@ def build_parser() -> argparse.ArgumentParser:
     reject.add_argument("--user")
     reject.set_defaults(func=lambda a: _decide(a, False))
 
+    edit = sub.add_parser("edit", help="change inputs of a waiting proposal and approve it")
+    edit.add_argument("dir")
+    edit.add_argument("sample_id", metavar="SAMPLE_ID")
+    edit.add_argument("changes", nargs="+", metavar="NAME=VALUE")
+    edit.add_argument("--reason")
+    edit.add_argument("--user")
+    edit.set_defaults(func=_edit)
+
+    for name, action, text in (("pause", "pause", "pause a campaign: steps under way finish, none starts"),
+                               ("unpause", "resume", "let a paused campaign carry on")):
+        control = sub.add_parser(name, help=text)
+        control.add_argument("dir")
+        control.add_argument("--user")
+        control.set_defaults(func=lambda a, action=action: _control(a, action))
+    batch = sub.add_parser("batch-size", help="set how many candidates the designer proposes at a time")
+    batch.add_argument("dir")
+    batch.add_argument("n", type=int)
+    batch.add_argument("--user")
+    batch.set_defaults(func=lambda a: _control(a, "batch_size"))
+
     bench = sub.add_parser("bench", help="benchmarks (from a source checkout: benchmarks/ beside athanor/)")
     suites = bench.add_subparsers(dest="suite", required=True)
     for suite in ("optimizers", "designers"):
@@ -211,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--top", type=int, default=5, help="how many recipes (default 5)")
     plan.set_defaults(func=_plan)
 
-    chat = sub.add_parser("chat", help="chat with a stored campaign (approve, reject, explain)")
+    chat = sub.add_parser("chat", help="chat with a stored campaign (approve, reject, edit, explain, pause)")
     chat.add_argument("dir", help="the campaign's run folder")
     chat.add_argument("--message", "-m", help="send one message, print the reply and exit")
     chat.add_argument("--user", help="who decides (default: $ATHANOR_USER or the login name)")

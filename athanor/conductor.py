@@ -2,7 +2,11 @@
 
 An asyncio loop in the driver process. It asks the designer for a new batch while earlier batches are
 still in the lab (passing them as pending points), pushes each approved sample through plan →
-synthesize → characterize → learn as its own task, and consumes operators' commands from the inbox.
+synthesize → characterize → learn as its own task, and carries out operators' commands from the inbox
+(approve, reject, edit; pause and resume; the batch size). Under a policy that asks, a proposal is
+planned first, so its recipe (cost, hazards) is shown and judged, and proposals waiting for an
+operator never hold up the lab: approved work runs, and the designer is asked for more while fewer
+than `approval.max_waiting` wait.
 It alone appends to the log: before a step it writes the intent, after it the result, so a resumed
 campaign knows exactly which steps to run again.
 
@@ -19,6 +23,7 @@ from typing import Any, Awaitable, Callable
 from pydantic import ValidationError
 
 from athanor.approval import rule_failures
+from athanor.commands import OperatorCommand, problems
 from athanor.messages import (
     ApprovalDecision,
     ApprovalRequest,
@@ -55,10 +60,14 @@ class Conductor:
         self.status_if_stopped = "completed"
         self._started = time.monotonic()
         self._asked: dict[str, float] = {}  # sample id -> when its approval request was logged
+        self.paused = False
+        self.batch_size = spec.batch_size
 
     # --- the loop ---------------------------------------------------------------------------
     async def run(self) -> str:
         resumed = self.store.count_events("campaign_event") > 0
+        controls = self.store.controls()  # what operators set in earlier sessions still holds
+        self.paused, self.batch_size = controls["paused"], controls["batch_size"] or self.spec.batch_size
         self._log(CampaignEvent(**self._env(), event="resumed" if resumed else "started",
                                 detail={"budget": self.spec.budget.experiments,
                                         "approval": self.spec.approval.policy}))
@@ -73,7 +82,7 @@ class Conductor:
                 self.on_progress(samples)
             self._check_wall_time()
             for s in samples:
-                if s["state"] in ACTIVE and s["id"] not in tasks:
+                if s["id"] not in tasks and self._step(s) is not None:
                     tasks[s["id"]] = asyncio.create_task(self._advance(s["id"]))
             if design is None and self._may_design(samples):
                 design = asyncio.create_task(self._design(samples))
@@ -108,11 +117,12 @@ class Conductor:
         return sum(s["state"] != "rejected" or (s["error"] or "").startswith("rejected by policy:") for s in samples)
 
     def _may_design(self, samples: list[dict[str, Any]]) -> bool:
-        if self.stop_reason or self._used(samples) >= self.spec.budget.experiments:
+        if self.stop_reason or self.paused or self._used(samples) >= self.spec.budget.experiments:
             return False
-        q, lag = self.spec.batch_size, self.spec.parallel_batches
-        open_ = [s for s in samples if s["state"] not in TERMINAL]
-        if len(open_) >= q * lag:
+        q, lag = self.batch_size, self.spec.parallel_batches
+        undecided = sum(s["state"] == "proposed" for s in samples)  # waiting, or being planned to be judged
+        in_lab = sum(s["state"] not in TERMINAL for s in samples) - undecided
+        if in_lab >= q * lag or undecided >= (self.spec.approval.max_waiting or q * lag):
             return False
         batch = self._next_batch(samples)
         return all(s["state"] in TERMINAL or s["awaiting_approval"] for s in samples if s["batch"] <= batch - lag)
@@ -137,7 +147,7 @@ class Conductor:
         known = [s for s in samples if (s["batch"] <= cutoff and s["state"] in TERMINAL) or s["state"] == "rejected"]
         known_ids = {s["id"] for s in known}
         pending = [s for s in samples if s["id"] not in known_ids]
-        n = min(self.spec.batch_size, self.spec.budget.experiments - self._used(samples))
+        n = min(self.batch_size, self.spec.budget.experiments - self._used(samples))
         request = DesignRequest(**self._env(), n=n, batch=batch, history_ids=[s["id"] for s in known],
                                 pending_ids=[s["id"] for s in pending])
         self._log(request)
@@ -174,7 +184,7 @@ class Conductor:
         approval = self.spec.approval
         handled = False
         for s in samples:
-            if s["state"] != "proposed" or (s["awaiting_approval"] and approval.policy != "auto"):
+            if s["state"] != "proposed" or (approval.policy != "auto" and (s["awaiting_approval"] or not s["recipe"])):
                 continue
             handled = True
             env = self._env(s["id"], s["candidate"].get("proposal_id"))
@@ -184,7 +194,7 @@ class Conductor:
             reasons = ["every proposal waits for an operator"]
             if approval.policy == "rules":
                 seen = [x for x in samples if x["batch"] <= s["batch"] - self.spec.parallel_batches]
-                reasons = rule_failures(s["candidate"], seen, approval.rules, self.spec.objectives[0].name)
+                reasons = rule_failures(s["candidate"], seen, approval.rules, self.spec.objectives[0].name, s["recipe"])
                 if not reasons:
                     self._log(ApprovalDecision(**env, approved=True, decided_by="policy:rules", channel="policy",
                                                reason="inside every rule of the campaign's approval policy"))
@@ -197,7 +207,7 @@ class Conductor:
         """Apply the policy's default to proposals that waited longer than its timeout (the clock
         starts when the request is logged, or when this session began for older requests)."""
         timeout = self.spec.approval.timeout_s
-        if timeout is None:
+        if timeout is None or self.paused:  # a paused campaign has an operator's attention
             return False
         now, expired = time.monotonic(), False
         for s in samples:
@@ -211,31 +221,53 @@ class Conductor:
         return expired
 
     def _consume_inbox(self) -> None:
-        # A command is marked consumed only once its decision is logged: a crash in between
-        # delivers it again, and a repeat is ignored because the sample no longer waits.
-        for command_id, command in self.store.pending_commands():
-            self._decide(command)
+        # A command is marked consumed only once what it did is logged: a crash in between delivers it
+        # again, and a repeated decision is ignored because the sample no longer waits.
+        for command_id, raw in self.store.pending_commands():
+            self._carry_out(raw)
             self.store.consume(command_id)
 
-    def _decide(self, command: dict[str, Any]) -> None:
-        sample_id = command.get("sample_id")
-        sample = self.store.sample(sample_id) if sample_id else None
-        action = command.get("action")
-        if action not in ("approve", "reject") or sample is None or not sample["awaiting_approval"]:
-            self._log(Fault(**self._env(), step="approval", fatal_for_sample=False,
-                            error=f"ignored {action} of {sample_id}: it is not awaiting approval"))
+    def _carry_out(self, raw: dict[str, Any]) -> None:
+        try:
+            command = OperatorCommand.model_validate(raw)
+            found = problems(command, self.store.samples(), self.spec)
+        except ValidationError as exc:
+            command, found = None, [f"malformed command {raw!r}: {error_line(exc)}"]
+        if command is None or found:
+            self._log(Fault(**self._env(raw.get("sample_id")), step="operator", fatal_for_sample=False,
+                            error=f"ignored {raw.get('action')!r} from {raw.get('user')!r}: {'; '.join(found)}"))
             return
-        self._log(ApprovalDecision(**self._env(sample_id), approved=action == "approve",
-                                   decided_by=command.get("user", "unknown"),
-                                   channel=command.get("channel", "cli"), reason=command.get("reason", "")))
+        if command.action in ("approve", "reject", "edit"):
+            self._log(ApprovalDecision(**self._env(command.sample_id), approved=command.action != "reject",
+                                       decided_by=command.user, channel=command.channel, reason=command.reason,
+                                       edited_inputs=command.inputs if command.action == "edit" else None,
+                                       transcript=command.transcript))
+            return
+        detail: dict[str, Any] = {"by": command.user, "channel": command.channel, "transcript": command.transcript}
+        if command.action == "batch_size":
+            self.batch_size = detail["batch_size"] = command.batch_size
+            event = "batch_size_set"
+        else:
+            self.paused = command.action == "pause"
+            event = "paused" if self.paused else "unpaused"
+        self._log(CampaignEvent(**self._env(), event=event, detail=detail))
 
     # --- one sample through the lab ---------------------------------------------------------
+    def _step(self, s: dict[str, Any]) -> Callable[[dict[str, Any]], Awaitable[None]] | None:
+        """The next step of a sample, if the conductor takes it on its own."""
+        if s["state"] == "proposed":  # under a policy that asks, planned before it is judged
+            asks = self.spec.approval.policy != "auto"
+            return self._plan if asks and not s["recipe"] and not s["awaiting_approval"] and not self.stop_reason else None
+        return {"approved": self._plan, "planned": self._synthesize,
+                "synthesized": self._characterize, "characterized": self._learn}.get(s["state"])
+
     async def _advance(self, sample_id: str) -> None:
         sample = self.store.sample(sample_id)
-        while sample is not None and sample["state"] in ACTIVE:
-            step = {"approved": self._plan, "planned": self._synthesize,
-                    "synthesized": self._characterize, "characterized": self._learn}[sample["state"]]
-            await step(sample)
+        while sample is not None and (step := self._step(sample)) is not None:
+            if self.paused:  # steps under way finish; no new one starts
+                await asyncio.sleep(POLL_S)
+            else:
+                await step(sample)
             sample = self.store.sample(sample_id)
 
     async def _plan(self, s: dict[str, Any]) -> None:

@@ -61,10 +61,11 @@ class Candidate(BaseModel):
 
 
 class CampaignEvent(Envelope):
-    """Start, resume, pause and end of a campaign, with the status it ended in."""
+    """Start, resume and end of a campaign (with the status it ended in), and an operator's pause,
+    unpause or change of batch size (with who, through which channel, in `detail`)."""
 
     kind: Literal["campaign_event"] = "campaign_event"
-    event: Literal["started", "resumed", "paused", "ended"]
+    event: Literal["started", "resumed", "paused", "unpaused", "batch_size_set", "ended"]
     status: str | None = None
     detail: dict[str, Any] = {}
 
@@ -97,6 +98,8 @@ class ApprovalDecision(Envelope):
     decided_by: str
     channel: Literal["policy", "cli", "chat", "web"]
     reason: str = ""
+    edited_inputs: dict[str, InputValue] | None = None  # an operator's edit: run these inputs instead
+    transcript: dict[str, Any] = {}  # from the chat: session, transcript file, the operator's words
 
 
 class StepIntent(Envelope):
@@ -128,6 +131,8 @@ class SynthesisRecipe(Envelope):
     target: str | None = None
     reaction: str | None = None
     score: float | None = None
+    cost_usd: float | None = None  # the precursors' cost, what an approval rule can bound
+    hazards: dict[str, list[str]] = {}  # hazard flags by precursor
     details: dict[str, Any] = {}
 
 

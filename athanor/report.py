@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -124,3 +124,41 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [(f"  -> {k}", f"{v:.6g}") for k, v in best["objectives"].items()]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
+
+
+# --- how the CLI and the chat show proposals and decisions -------------------------------------
+def fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def inputs_text(inputs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={fmt(v)}" for k, v in inputs.items())
+
+
+def decision_line(a: Mapping[str, Any]) -> str:
+    """One operator decision as `athanor status` and the chat show it."""
+    verdict = "approved" if a["approved"] else f"rejected ({a['reason']})"
+    if a.get("edited_inputs"):
+        verdict = f"edited to {inputs_text(a['edited_inputs'])} and approved" + (f" ({a['reason']})" if a["reason"] else "")
+    said = (a.get("transcript") or {}).get("operator_message")
+    link = f" [chat session {a['transcript']['session']}: {said!r}]" if said else ""
+    return f"{a['sample_id']} {verdict} by {a['decided_by']} via {a['channel']} at {a['decided_at']}{link}"
+
+
+def recipe_lines(recipe: Mapping[str, Any] | None) -> list[str]:
+    if not recipe:
+        return ["recipe: not planned yet, so no cost or hazards known"]
+    precursors = ", ".join(f"{p['formula']} {p['mass_g']:.3g} g" if "mass_g" in p else str(p.get("formula", p))
+                           for p in recipe.get("precursors", []))
+    lines = [f"recipe: route {recipe.get('route')}" + (f", {recipe['reaction']}" if recipe.get("reaction") else "")
+             + (f"; precursors {precursors}" if precursors else "")]
+    heat = [f"{s['temperature_c']:g} °C for {s['time_h']:g} h in {s['atmosphere']}"
+            for s in recipe.get("steps", []) if s.get("action") == "heat"]
+    if heat:
+        lines.append("heating: " + ", then ".join(heat))
+    if recipe.get("cost_usd") is not None:
+        lines.append(f"precursor cost ${recipe['cost_usd']:.2f}")
+    hazards = {p: f for p, f in (recipe.get("hazards") or {}).items() if f}
+    lines.append("hazards: " + ("; ".join(f"{p} ({', '.join(f)})" for p, f in hazards.items()) if hazards
+                                else "none flagged" if recipe.get("hazards") else "not assessed by this route"))
+    return lines

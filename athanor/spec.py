@@ -215,6 +215,10 @@ class InstrumentSpec(_Strict):
     backend: Literal["simulated"] = "simulated"
 
 
+# Hazard flags a precursor (or reagent) can carry: what a lab's approval rules speak of.
+Hazard = Literal["oxidizer", "toxic", "corrosive", "hygroscopic", "flammable", "pyrophoric", "carcinogen", "irritant"]
+
+
 class ApprovalRules(_Strict):
     """When the `rules` policy approves by itself; a proposal that fails any rule waits for an operator."""
 
@@ -223,6 +227,10 @@ class ApprovalRules(_Strict):
     margin: float = Field(default=0.0, ge=0, description="slack beyond the measured range, as a fraction of it")
     max_relative_sd: float | None = Field(default=None, gt=0, description="predicted sd / |mean| of the first "
                                           "objective at most this (needs a model's prediction)")
+    max_cost_usd: float | None = Field(default=None, gt=0, description="the recipe's precursor cost at most this "
+                                       "(needs a route that prices its recipes, e.g. solid_state)")
+    allowed_hazards: list[Hazard] | None = Field(default=None, description="hazard flags a recipe's precursors may "
+                                                 "carry; [] approves only unflagged recipes; unset: not checked")
 
 
 class ApprovalSpec(_Strict):
@@ -230,6 +238,12 @@ class ApprovalSpec(_Strict):
     rules: ApprovalRules = ApprovalRules()
     timeout_s: float | None = Field(default=None, gt=0, description="how long a proposal waits for an operator")
     default: Literal["approve", "reject"] = Field(default="reject", description="what happens when it times out")
+    max_waiting: int | None = Field(default=None, ge=1, description="proposals that may wait for an operator at "
+                                    "once (default: batch_size × parallel_batches); the lab runs approved work "
+                                    "meanwhile and the designer is asked for more while fewer wait")
+    operator: str | None = Field(default=None, description="who decides when neither --user nor ATHANOR_USER says")
+    chat_model: str | None = Field(default=None, description="'provider:model' for the chat through LangChain's "
+                                   "init_chat_model (ATHANOR_CHAT_MODEL overrides); unset: the built-in model")
 
 
 def default_instruments() -> list[InstrumentSpec]:
@@ -268,6 +282,11 @@ class Campaign(_Strict):
             raise ValueError("instruments need one 'synthesis' and one 'characterization' role")
         if len({i.name for i in self.instruments}) != len(self.instruments):
             raise ValueError("instrument names must be unique")
+        rules = self.approval.rules
+        if self.approval.policy == "rules" and self.planner.route == "direct" and (
+                rules.max_cost_usd is not None or rules.allowed_hazards is not None):
+            raise ValueError("approval.rules.max_cost_usd and allowed_hazards need a route that prices its recipes "
+                             "and names their hazards (planner.route: solid_state); the direct route does neither")
         return self
 
     @property

@@ -46,8 +46,11 @@ from athanor.messages import (
 )
 
 # The lifecycle of a sample. `failed` and `rejected` are terminal and kept: negative results are data.
+# A proposal that waits for an operator is planned first (its recipe shown with it, and judged by the
+# approval rules) and goes from `proposed` straight to `planned` when approved; an edit sends it to
+# `approved`, to be planned again.
 TRANSITIONS: dict[str, set[str]] = {
-    "proposed": {"approved", "rejected", "failed"},
+    "proposed": {"approved", "planned", "rejected", "failed"},
     "approved": {"planned", "failed"},
     "planned": {"synthesized", "failed"},
     "synthesized": {"characterized", "failed"},
@@ -127,6 +130,8 @@ class ApprovalRow(Base):
     decided_by: Mapped[str] = mapped_column(String(100))
     channel: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str] = mapped_column(Text)
+    edited_inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    transcript: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     event_id: Mapped[str] = mapped_column(String(64))
 
@@ -301,9 +306,20 @@ class Store:
             )
             return [
                 {"sample_id": r.sample_id, "approved": r.approved, "decided_by": r.decided_by,
-                 "channel": r.channel, "reason": r.reason, "decided_at": r.decided_at.isoformat()}
+                 "channel": r.channel, "reason": r.reason, "edited_inputs": r.edited_inputs,
+                 "transcript": r.transcript or {}, "decided_at": r.decided_at.isoformat()}
                 for r in rows
             ]
+
+    def controls(self) -> dict[str, Any]:
+        """What operators set while the campaign runs: paused or not, and the batch size (None: the spec's)."""
+        paused, batch_size = False, None
+        for e in self.events(kind="campaign_event"):
+            if e.event in ("paused", "unpaused"):
+                paused = e.event == "paused"
+            elif e.event == "batch_size_set":
+                batch_size = int(e.detail["batch_size"])
+        return {"paused": paused, "batch_size": batch_size}
 
     def documents(self, sample_id: str) -> list[dict[str, Any]]:
         with Session(self.engine) as s:
@@ -366,6 +382,13 @@ def _sample_dict(row: SampleRow, measurement: MeasurementRow | None) -> dict[str
     }
 
 
+def _row(s: Session, m: Message) -> SampleRow:
+    row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == m.campaign_id, SampleRow.id == m.sample_id))
+    if row is None:
+        raise ValueError(f"no sample {m.sample_id!r} in the store")
+    return row
+
+
 def _move(s: Session, campaign_id: str, sample_id: str | None, state: str, stay: bool = False,
           **fields: Any) -> SampleRow:
     row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == campaign_id, SampleRow.id == sample_id))
@@ -393,13 +416,20 @@ def _apply(s: Session, m: Message) -> None:
     elif isinstance(m, ApprovalRequest):
         _move(s, m.campaign_id, m.sample_id, "proposed", stay=True, awaiting_approval=True)
     elif isinstance(m, ApprovalDecision):
-        _move(s, m.campaign_id, m.sample_id, "approved" if m.approved else "rejected", awaiting_approval=False,
-              error=None if m.approved else f"rejected by {m.decided_by}: {m.reason}")
+        row = _move(s, m.campaign_id, m.sample_id, "rejected" if not m.approved else "approved"
+                    if m.edited_inputs is not None or _row(s, m).recipe is None else "planned",
+                    awaiting_approval=False, error=None if m.approved else f"rejected by {m.decided_by}: {m.reason}")
+        if m.approved and m.edited_inputs is not None:  # the prediction was for the designer's inputs, not these
+            row.candidate = {**row.candidate, "inputs": dict(m.edited_inputs), "edited_from": row.inputs,
+                             "predicted": {}, "acquisition_value": None}
+            row.inputs, row.recipe = dict(m.edited_inputs), None
         s.add(ApprovalRow(sample_id=m.sample_id, campaign_id=m.campaign_id, approved=m.approved,
                           decided_by=m.decided_by, channel=m.channel, reason=m.reason,
+                          edited_inputs=m.edited_inputs, transcript=m.transcript or None,
                           decided_at=m.created_at, event_id=m.id))
-    elif isinstance(m, SynthesisRecipe):
-        _move(s, m.campaign_id, m.sample_id, "planned", recipe=to_wire(m))
+    elif isinstance(m, SynthesisRecipe):  # before approval it is shown with the proposal; after, it is the plan
+        _move(s, m.campaign_id, m.sample_id, "proposed" if _row(s, m).state == "proposed" else "planned",
+              stay=True, recipe=to_wire(m))
     elif isinstance(m, SynthesisResult):
         _move(s, m.campaign_id, m.sample_id, "synthesized", product=dict(m.product))
     elif isinstance(m, Measurement):

@@ -12,20 +12,20 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from athanor.errors import AthanorError
+from athanor.spec import Hazard
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "configs" / "library" / "precursors.yaml"
-HAZARD_FLAGS = ("oxidizer", "toxic", "corrosive", "hygroscopic", "flammable", "pyrophoric", "carcinogen", "irritant")
 KINDS = ("oxide", "carbonate", "nitrate", "hydroxide", "metal")
 GAS_RELEASING = ("carbonate", "nitrate", "hydroxide")
 GAS_FOR = {"C": "CO2", "H": "H2O", "N": "NO2"}  # how C, H, N leave a route
 
-Hazard = Literal["oxidizer", "toxic", "corrosive", "hygroscopic", "flammable", "pyrophoric", "carcinogen", "irritant"]
+HAZARD_FLAGS = get_args(Hazard)
 
 
 @lru_cache(maxsize=4096)

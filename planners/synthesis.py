@@ -442,14 +442,13 @@ def _recipe(opt: RouteOption, library: Library, batch_g: float, rank: int, dwell
     steps.append({**heat_step, "temperature_c": dwell, "time_h": hold, "purpose": "reaction dwell"})
     return {
         "route": "solid_state", "target": b.target, "reaction": b.equation(),
-        "precursors": amounts, "steps": steps, "score": round(opt.score, 6),
+        "precursors": amounts, "steps": steps, "score": round(opt.score, 6), "cost_usd": round(opt.cost_usd, 4),
+        "hazards": {p: list(library.precursors[p].hazards) for p in b.precursors},
         "details": {"rank": rank + 1, "score_breakdown": opt.breakdown, "driving_force": opt.energy,
                     "byproducts": {g: v for g, v in b.gases.items() if v > 0},
                     "o2_taken_up": -b.gases["O2"] if b.gases.get("O2", 0) < 0 else 0.0,
                     "tamman_c": heat["onset_c"], "heating": {k: v for k, v in heat.items() if k != "notes"},
-                    "cost_usd": round(opt.cost_usd, 4), "batch_g": batch_g,
-                    "hazards": {p: list(library.precursors[p].hazards) for p in b.precursors},
-                    "notes": notes}}
+                    "batch_g": batch_g, "notes": notes}}
 
 
 def _ratio_amounts(b: Balanced, batch_g: float, fractions: dict[str, float]) -> list[dict[str, Any]]:

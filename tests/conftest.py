@@ -22,6 +22,14 @@ def ray_address() -> str:
     ray.shutdown()
 
 
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A stopped campaign with S0001-S0002 measured and S0003-S0005 awaiting an operator."""
+    from helpers_gated import make_gated_run
+
+    return make_gated_run(tmp_path)
+
+
 def write_campaign(path: Path, *, name: str = "test_campaign", dataset: Path = DATA / "P3HT.csv",
                    inputs: list[str] = P3HT_INPUTS, objective: str = P3HT_OBJECTIVE, budget: int = 8,
                    batch_size: int = 2, strategy: str = "sobol", seed: int = 0, latency_s: float = 0.0,

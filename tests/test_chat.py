@@ -9,72 +9,12 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 
-from athanor.chat import ChatSession, chat_once, chat_repl, make_model, open_session, validate_inputs
-from athanor.chat_model import DeterministicChatModel, parse_command
-from athanor.messages import (
-    ApprovalDecision,
-    ApprovalRequest,
-    Candidate,
-    DesignProposal,
-    Measurement,
-    Prediction,
-    SynthesisRecipe,
-    SynthesisResult,
-)
-from athanor.spec import parse_campaign
+from athanor.chat import ChatSession, chat_once, chat_repl, open_session
+from athanor.chat_model import DeterministicChatModel, make_model, parse_command
+from athanor.commands import validate_inputs
+from athanor.messages import SynthesisRecipe
 from athanor.store import Store
-
-SPEC = """
-campaign: chat-test
-description: lead-free halide blend
-space:
-  parameters:
-    - {type: continuous, name: temperature, low: 300, high: 600}
-  composition:
-    elements: {Sn: [0.0, 1.0], Pb: [0.0, 0.5], Ge: [0.0, 0.3]}
-objectives:
-  - {name: gap, direction: maximize}
-budget: {experiments: 10}
-batch_size: 3
-approval: {policy: always}
-"""
-CAMP = "chat-test-0001"
-
-
-def env(sample_id=None):
-    return dict(campaign_id=CAMP, sender="conductor", sample_id=sample_id)
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-    """A stopped campaign: S0001-S0002 measured, S0003-S0005 awaiting an operator."""
-    spec = parse_campaign(SPEC)
-    url = f"sqlite:///{tmp_path}/campaign.db"
-    store = Store(url, CAMP)
-    store.register_campaign(spec.campaign, spec.model_dump(mode="json"))
-    (tmp_path / "run.json").write_text(json.dumps({"campaign_id": CAMP, "store_url": url}))
-    measured = [{"temperature": 350.0, "Sn": 0.8, "Pb": 0.2, "Ge": 0.0},
-                {"temperature": 500.0, "Sn": 0.5, "Pb": 0.3, "Ge": 0.2}]
-    store.append(DesignProposal(**env(), batch=0, strategy="sobol", candidates=[
-        Candidate(inputs=x, sample_id=f"S000{i + 1}") for i, x in enumerate(measured)]))
-    for i in (1, 2):
-        sid = f"S000{i}"
-        store.append(ApprovalDecision(**env(sid), approved=True, decided_by="policy:test", channel="policy"))
-        store.append(SynthesisRecipe(**env(sid), route="direct", inputs=measured[i - 1]))
-        store.append(SynthesisResult(**env(sid), instrument="synthesizer", product={"ok": True}))
-        store.append(Measurement(**env(sid), instrument="probe", values={"gap": 1.1 + 0.2 * i}))
-    waiting = [{"temperature": 360.0, "Sn": 0.75, "Pb": 0.25, "Ge": 0.0},
-               {"temperature": 450.0, "Sn": 0.6, "Pb": 0.2, "Ge": 0.2},
-               {"temperature": 580.0, "Sn": 0.5, "Pb": 0.5, "Ge": 0.0}]
-    store.append(DesignProposal(**env(), batch=1, strategy="bayesian", model_version="gp-1", candidates=[
-        Candidate(inputs=x, sample_id=f"S000{i + 3}", acquisition_value=0.5 - 0.1 * i,
-                  predicted={"gap": Prediction(mean=1.5 + 0.1 * i, sd=0.12)}, rationale="high expected improvement")
-        for i, x in enumerate(waiting)]))
-    for i in (3, 4, 5):
-        store.append(ApprovalRequest(**env(f"S000{i}"), policy="always", reason="every proposal waits"))
-    store.close()
-    return tmp_path
-
+from helpers_gated import CAMP, env
 
 def inbox(run_dir):
     store = Store(f"sqlite:///{run_dir}/campaign.db", CAMP)
@@ -109,13 +49,16 @@ def test_parse_commands():
 def test_approve_through_builtin_model(run_dir):
     reply = chat_once(run_dir, "approve 3 and S0004", user="ada", model=DeterministicChatModel())
     assert "approved S0003 S0004" in reply
-    assert inbox(run_dir) == [
+    posted = inbox(run_dir)
+    assert [{k: v for k, v in c.items() if k != "transcript"} for c in posted] == [
         {"action": "approve", "sample_id": sid, "user": "ada", "reason": "", "channel": "chat"}
         for sid in ("S0003", "S0004")]
-    # the transcript keeps the whole exchange, with who and through which channel
+    # the transcript keeps the whole exchange, with who and through which channel; the decision links to it
     records = [json.loads(line) for line in (run_dir / "chat-transcript.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records] == ["human", "ai", "tool", "ai"]
     assert {r["user"] for r in records} == {"ada"} and {r["channel"] for r in records} == {"chat"}
+    assert {c["transcript"]["session"] for c in posted} == {r["session"] for r in records}
+    assert posted[0]["transcript"]["operator_message"] == records[0]["content"] == "approve 3 and S0004"
     assert records[1]["tool_calls"][0]["name"] == "approve"
     # a second approval of the same samples is refused while the first waits for the conductor
     again = chat_once(run_dir, "approve 3", user="ada", model=DeterministicChatModel())
@@ -125,8 +68,8 @@ def test_approve_through_builtin_model(run_dir):
 def test_approve_all_and_reject_with_reason(run_dir):
     reply = chat_once(run_dir, "reject 5: too much Pb", user="bob", model=DeterministicChatModel())
     assert "rejected S0005" in reply
-    assert inbox(run_dir) == [{"action": "reject", "sample_id": "S0005", "user": "bob",
-                               "reason": "too much Pb", "channel": "chat"}]
+    assert [{k: v for k, v in c.items() if k != "transcript"} for c in inbox(run_dir)] == [
+        {"action": "reject", "sample_id": "S0005", "user": "bob", "reason": "too much Pb", "channel": "chat"}]
     chat_once(run_dir, "approve all pending", user="bob", model=DeterministicChatModel())
     assert [(c["action"], c["sample_id"]) for c in inbox(run_dir)] == [
         ("reject", "S0005"), ("approve", "S0003"), ("approve", "S0004")]
@@ -157,17 +100,24 @@ def test_refusals_write_nothing(run_dir):
     assert inbox(run_dir) == []
 
 
-def test_edit_is_validated_and_not_applied(run_dir):
+def test_edit_is_validated_then_posted_with_the_transcript_link(run_dir):
     session = open_session(run_dir, "ada", DeterministicChatModel())
     out = session.send("edit 3 Pb=0.9 Sn=0.1")
-    assert "Pb=0.9 is outside [0.0, 0.5]" in out
+    assert "Pb=0.9 is outside [0.0, 0.5]" in out and "nothing changed" in out
     out = session.send("edit 3 temperature=900")
     assert "temperature=900 is outside [300.0, 600.0]" in out
     out = session.send("edit 3 Sn=0.7 Pb=0.2")
     assert "sum to 0.9, not 1" in out
-    out = session.send("edit 3 Sn=0.7 Pb=0.3")
-    assert "not supported yet" in out and "S0003 is unchanged" in out
+    assert "unknown input(s) Bi" in session.send("edit 3 Bi=0.1")
     assert inbox(run_dir) == []
+    out = session.send("edit 3 Sn=0.7 Pb=0.3")
+    assert "edited and approved S0003" in out and "Sn=0.7, Pb=0.3" in out
+    (command,) = inbox(run_dir)
+    assert command["action"] == "edit" and command["user"] == "ada" and command["channel"] == "chat"
+    assert command["inputs"] == {"temperature": 360.0, "Sn": 0.7, "Pb": 0.3, "Ge": 0.0}
+    assert command["transcript"] == {"session": session.session_id, "file": "chat-transcript.jsonl",
+                                     "operator_message": "edit 3 Sn=0.7 Pb=0.3"}
+    assert "already has a edit decision waiting" in session.send("approve 3")
     assert validate_inputs(session.spec, {"temperature": 400, "Sn": 1.0, "Pb": 0.0, "Ge": 0.0, "x": 1}) == [
         "unknown input(s) x; the inputs are temperature, Sn, Pb, Ge"]
 
@@ -201,6 +151,11 @@ def test_scripted_model_approves_rejects_and_explains(run_dir):
     (call("explain", {"sample_id": ["S0003"]}), "malformed arguments for explain"),
     (call("launch_rocket", {"sample_id": "S0003"}), "there is no tool 'launch_rocket'"),
     (call("edit", {"sample_id": "S0003", "inputs": {"Pb": 0.7, "Sn": 0.3}}), "Pb=0.7 is outside"),
+    (call("edit", {"sample_id": "S0077", "inputs": {"Pb": 0.3, "Sn": 0.7}}), "no sample 'S0077'"),
+    (call("edit", {"sample_id": "S0003", "inputs": {"Pb": [0.3]}}), "malformed arguments for edit"),
+    (call("set_batch_size", {"batch_size": 0}), "malformed arguments for set_batch_size"),
+    (call("set_batch_size", {"batch_size": "four"}), "malformed arguments for set_batch_size"),
+    (call("pause", {"now": True}), "malformed arguments for pause"),
 ])
 def test_scripted_bad_calls_are_refused(run_dir, bad_call, expected):
     model = scripted(AIMessage(content="", tool_calls=[bad_call]), AIMessage(content="sorry"))
@@ -210,6 +165,33 @@ def test_scripted_bad_calls_are_refused(run_dir, bad_call, expected):
     assert isinstance(tool_message, ToolMessage) and tool_message.content.startswith("ERROR:")
     assert expected in tool_message.content
     assert inbox(run_dir) == []
+
+
+def test_pause_resume_and_batch_size_through_builtin_model(run_dir):
+    session = open_session(run_dir, "ada", DeterministicChatModel())
+    assert "pause posted" in session.send("pause the campaign")
+    assert "batch size 2 posted" in session.send("set batch size to 2")
+    assert "resume posted" in session.send("resume")
+    assert "malformed arguments for set_batch_size" in session.send("batch size 0")
+    assert [(c["action"], c.get("batch_size"), c["channel"]) for c in inbox(run_dir)] == [
+        ("pause", None, "chat"), ("batch_size", 2, "chat"), ("resume", None, "chat")]
+
+
+def test_explain_and_pending_show_the_recipe_planned_before_approval(run_dir):
+    store = Store(f"sqlite:///{run_dir}/campaign.db", CAMP)
+    store.append(SynthesisRecipe(**env("S0004"), route="solid_state", inputs={}, target="ZnFe2O4",
+                                 reaction="ZnO + Fe(NO3)3·9H2O -> ZnFe2O4", cost_usd=0.44,
+                                 precursors=[{"formula": "ZnO", "mass_g": 0.67}, {"formula": "Fe(NO3)3·9H2O", "mass_g": 6.7}],
+                                 steps=[{"action": "heat", "temperature_c": 700, "time_h": 4, "atmosphere": "air"}],
+                                 hazards={"ZnO": [], "Fe(NO3)3·9H2O": ["oxidizer", "irritant"]}))
+    store.close()
+    session = open_session(run_dir, "ada", DeterministicChatModel())
+    out = session.send("why 4?")
+    assert "recipe: route solid_state, ZnO + Fe(NO3)3·9H2O -> ZnFe2O4; precursors ZnO 0.67 g" in out
+    assert "heating: 700 °C for 4 h in air" in out and "precursor cost $0.44" in out
+    assert "hazards: Fe(NO3)3·9H2O (oxidizer, irritant)" in out
+    assert "recipe: not planned yet" in session.send("why 3?")
+    assert "S0004 (batch 1)" in (pending := session.send("pending")) and "precursors $0.44; hazards: irritant, oxidizer" in pending
 
 
 def test_runaway_model_is_stopped(run_dir):
@@ -225,6 +207,10 @@ def test_make_model_defaults_and_falls_back():
     assert isinstance(model, DeterministicChatModel) and "built-in" in note
     model, note = make_model({"ATHANOR_CHAT_MODEL": "nosuchprovider:model-x"})
     assert isinstance(model, DeterministicChatModel) and "unavailable" in note
+    model, note = make_model({}, configured="otherprovider:model-y")  # the campaign's approval.chat_model
+    assert isinstance(model, DeterministicChatModel) and "otherprovider:model-y unavailable" in note
+    _, note = make_model({"ATHANOR_CHAT_MODEL": "builtin"}, configured="otherprovider:model-y")
+    assert note.startswith("model: built-in (plain")  # the environment overrides the campaign file
 
 
 def test_repl_reads_until_quit(run_dir):
@@ -238,7 +224,8 @@ def test_repl_reads_until_quit(run_dir):
 def test_session_binds_tools_of_a_tool_calling_model(run_dir):
     session = open_session(run_dir, "ada", DeterministicChatModel())
     assert isinstance(session, ChatSession)
-    assert set(session.tools) == {"status", "list_pending", "explain", "approve", "reject", "edit"}
+    assert set(session.tools) == {"status", "list_pending", "explain", "approve", "reject", "edit", "pause", "resume",
+                                  "set_batch_size"}
     schema = session.tools["approve"].args_schema.model_json_schema()
     assert "sample_ids" in schema["properties"]
 

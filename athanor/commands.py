@@ -1,0 +1,168 @@
+"""Operators' commands to a campaign: approve, reject or edit a proposal; pause, resume; set the batch size.
+
+The CLI and the chat share this one path. A command is checked against the store and the campaign's
+design space, then posted to the store's inbox; the conductor checks it again against the state it
+finds (`problems`) and logs what it did — an `ApprovalDecision` or a `CampaignEvent` — with who,
+when, through which channel and, from the chat, the transcript that led to it. Commands posted to a
+stopped campaign take effect when it resumes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+from typing import Any, Literal, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from athanor.errors import AthanorError
+from athanor.messages import InputValue
+from athanor.spec import Campaign, CategoricalParameter, ContinuousParameter, IntegerParameter
+from athanor.store import Store
+
+MAX_BATCH_SIZE = 64
+
+
+class OperatorCommand(BaseModel):
+    """One entry of the inbox."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    action: Literal["approve", "reject", "edit", "pause", "resume", "batch_size"]
+    user: str = Field(min_length=1)
+    channel: Literal["cli", "chat", "web"] = "cli"
+    sample_id: str | None = None
+    reason: str = ""
+    inputs: dict[str, InputValue] | None = None  # edit: the complete new inputs
+    batch_size: int | None = None
+    transcript: dict[str, Any] = {}
+
+
+def current_user(explicit: str | None = None, spec: Campaign | None = None) -> str:
+    """--user, else ATHANOR_USER, else the campaign's `approval.operator`, else the login name."""
+    return (explicit or os.environ.get("ATHANOR_USER") or (spec.approval.operator if spec else None)
+            or getpass.getuser())
+
+
+def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
+    """Problems of a complete set of inputs against the campaign's design space (empty: valid)."""
+    space, problems = spec.space, []
+    if space.pool is not None:
+        return ["the design space is a dataset pool: a candidate can only be one of its rows, not edited"]
+    names = space.input_names
+    unknown = [k for k in inputs if k not in names]
+    if unknown:
+        problems.append(f"unknown input(s) {', '.join(unknown)}; the inputs are {', '.join(names)}")
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        problems.append(f"missing input(s) {', '.join(missing)}")
+    for p in space.parameters:
+        if p.name not in inputs:
+            continue
+        value = inputs[p.name]
+        if isinstance(p, CategoricalParameter):
+            if value not in p.choices:
+                problems.append(f"{p.name}={value!r} is not one of {p.choices}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"{p.name}={value!r} is not a finite number")
+        elif isinstance(p, IntegerParameter) and value != int(value):
+            problems.append(f"{p.name}={value!r} is not an integer")
+        elif isinstance(p, (ContinuousParameter, IntegerParameter)) and not p.low <= value <= p.high:
+            problems.append(f"{p.name}={value} is outside [{p.low}, {p.high}]")
+    if space.composition is not None:
+        fractions = []
+        for el, (low, high) in space.composition.elements.items():
+            if el not in inputs:
+                continue
+            value = inputs[el]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{el}={value!r} is not a finite fraction")
+                continue
+            fractions.append(float(value))
+            if not low - 1e-9 <= value <= high + 1e-9:
+                problems.append(f"{el}={value} is outside [{low}, {high}]")
+        if len(fractions) == len(space.composition.elements) and abs(sum(fractions) - 1.0) > 1e-6:
+            problems.append(f"the fractions of {', '.join(space.composition.elements)} sum to {sum(fractions):g}, not 1")
+    return problems
+
+
+def problems(command: OperatorCommand, samples: Sequence[dict[str, Any]], spec: Campaign) -> list[str]:
+    """Why this command cannot be carried out against these samples (empty: it can)."""
+    out: list[str] = []
+    if command.action in ("approve", "reject", "edit"):
+        sample = next((s for s in samples if s["id"] == command.sample_id), None)
+        if sample is None:
+            out.append(f"no sample {command.sample_id!r} in this campaign")
+        elif not sample["awaiting_approval"]:
+            out.append(f"sample {sample['id']} is {sample['state']}, not awaiting approval")
+        if command.action == "reject" and not command.reason.strip():
+            out.append("a rejection needs a reason")
+        if command.action == "edit":
+            if command.inputs is None:
+                out.append("an edit needs the new inputs")
+            else:
+                out += [f"edit of {command.sample_id}: {p}" for p in validate_inputs(spec, command.inputs)]
+    elif command.action == "batch_size":
+        n = command.batch_size
+        if n is None or isinstance(n, bool) or not 1 <= n <= MAX_BATCH_SIZE:
+            out.append(f"the batch size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {n!r}")
+    return out
+
+
+def post(store: Store, spec: Campaign, commands: Sequence[OperatorCommand]) -> None:
+    """Post every command, or none if any has a problem (also: a decision already waiting in the inbox)."""
+    samples, waiting = store.samples(), posted_decisions(store)
+    found: list[str] = []
+    for command in commands:
+        found += problems(command, samples, spec)
+        if command.sample_id in waiting:
+            found.append(f"sample {command.sample_id} already has a {waiting[command.sample_id]} decision "
+                         "waiting for the conductor")
+    if found:
+        raise AthanorError("; ".join(dict.fromkeys(found)))
+    for command in commands:
+        store.post_command(command.model_dump(mode="json", exclude_none=True))
+
+
+def posted_decisions(store: Store) -> dict[str, str]:
+    """Decisions in the inbox that the conductor has not carried out yet: sample id -> action."""
+    return {c["sample_id"]: c["action"] for _, c in store.pending_commands()
+            if c.get("action") in ("approve", "reject", "edit") and c.get("sample_id")}
+
+
+def decide(store: Store, spec: Campaign, sample_ids: Sequence[str], approve: bool, user: str, reason: str = "",
+           channel: str = "cli", transcript: Mapping[str, Any] | None = None) -> list[str]:
+    """Approve or reject every sample, or none if any is not awaiting approval."""
+    if not sample_ids:
+        raise AthanorError("name at least one sample")
+    post(store, spec, [_command(action="approve" if approve else "reject", user=user, channel=channel,
+                                sample_id=i, reason=reason, transcript=dict(transcript or {})) for i in sample_ids])
+    return list(sample_ids)
+
+
+def edit(store: Store, spec: Campaign, sample_id: str, changes: Mapping[str, Any], user: str, reason: str = "",
+         channel: str = "cli", transcript: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Approve a proposal with some inputs changed; returns the complete new inputs."""
+    sample = store.sample(sample_id)
+    if sample is None:
+        raise AthanorError(f"no sample {sample_id!r} in this campaign")
+    inputs = {**sample["inputs"], **changes}
+    post(store, spec, [_command(action="edit", user=user, channel=channel, sample_id=sample_id, reason=reason,
+                                inputs=inputs, transcript=dict(transcript or {}))])
+    return inputs
+
+
+def control(store: Store, spec: Campaign, action: str, user: str, channel: str = "cli",
+            batch_size: int | None = None, transcript: Mapping[str, Any] | None = None) -> None:
+    """Pause, resume, or set the batch size of the campaign."""
+    post(store, spec, [_command(action=action, user=user, channel=channel, batch_size=batch_size,
+                                transcript=dict(transcript or {}))])
+
+
+def _command(**fields: Any) -> OperatorCommand:
+    try:
+        return OperatorCommand(**fields)
+    except ValidationError as exc:
+        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise AthanorError(f"malformed command: {problem}") from None

@@ -1,0 +1,111 @@
+"""Operators' commands: checked when posted, checked again and carried out by the conductor, and what
+the store derives from them (edited inputs, recipes shown before approval, pause and batch size)."""
+
+from __future__ import annotations
+
+import pytest
+
+from athanor import commands
+from athanor.campaign import open_run
+from athanor.conductor import Conductor
+from athanor.errors import AthanorError
+from athanor.messages import SynthesisRecipe
+from helpers_gated import env
+
+NEW = {"temperature": 400.0, "Sn": 0.7, "Pb": 0.3, "Ge": 0.0}
+
+
+def conductor(run_dir):
+    store, spec = open_run(run_dir)
+    return Conductor(spec, store, agents=None)
+
+
+def test_posting_checks_everything_first_and_posts_all_or_nothing(run_dir):
+    store, spec = open_run(run_dir)
+    with pytest.raises(AthanorError, match="no sample 'S0042'.*sample S0001 is characterized, not awaiting"):
+        commands.decide(store, spec, ["S0003", "S0042", "S0001"], True, "ada")
+    with pytest.raises(AthanorError, match="a rejection needs a reason"):
+        commands.decide(store, spec, ["S0003"], False, "ada", "  ")
+    with pytest.raises(AthanorError, match="Pb=0.6 is outside"):
+        commands.edit(store, spec, "S0003", {"Pb": 0.6, "Sn": 0.4}, "ada")
+    with pytest.raises(AthanorError, match="batch size must be a whole number from 1 to 64, got 0"):
+        commands.control(store, spec, "batch_size", "ada", batch_size=0)
+    with pytest.raises(AthanorError, match="malformed command: action"):
+        commands.control(store, spec, "explode", "ada")
+    assert store.pending_commands() == []
+    assert commands.edit(store, spec, "S0003", {"temperature": 400.0, "Sn": 0.7, "Pb": 0.3}, "ada") == NEW
+    with pytest.raises(AthanorError, match="S0003 already has a edit decision waiting"):
+        commands.decide(store, spec, ["S0003"], False, "bob", "changed my mind")
+
+
+def test_the_conductor_carries_out_edits_and_controls_and_refuses_the_rest(run_dir):
+    c = conductor(run_dir)
+    store, spec = c.store, c.spec
+    store.append(SynthesisRecipe(**env("S0004"), route="direct", inputs=store.sample("S0004")["inputs"]))
+    assert store.sample("S0004")["state"] == "proposed" and store.sample("S0004")["recipe"]  # shown, not yet run
+    commands.edit(store, spec, "S0003", {"Sn": 0.7, "Pb": 0.3, "temperature": 400.0}, "ada", "less Pb",
+                  channel="chat", transcript={"session": "s1", "operator_message": "edit 3 Sn=0.7 Pb=0.3"})
+    commands.decide(store, spec, ["S0004"], True, "ada")
+    commands.control(store, spec, "pause", "ada")
+    commands.control(store, spec, "batch_size", "bob", batch_size=5)
+    # Posted behind the checks' back (an old client, a hand-edited inbox): the conductor checks again.
+    store.post_command({"action": "approve", "sample_id": "S0003", "user": "eve"})  # decided by then
+    store.post_command({"action": "launch", "user": "eve"})
+    store.post_command({"action": "edit", "sample_id": "S0005", "user": "eve", "inputs": {"Sn": 2.0}})
+    c._consume_inbox()
+
+    assert store.pending_commands() == []
+    edited, approved = store.sample("S0003"), store.sample("S0004")
+    assert (edited["state"], edited["inputs"], edited["recipe"]) == ("approved", NEW, None)  # planned again
+    assert edited["candidate"]["edited_from"] == {"temperature": 360.0, "Sn": 0.75, "Pb": 0.25, "Ge": 0.0}
+    assert edited["candidate"]["predicted"] == {}  # the prediction was for the designer's inputs
+    assert approved["state"] == "planned"  # its recipe was planned before approval
+    (decision,) = [a for a in store.approvals() if a["sample_id"] == "S0003"]
+    assert decision["edited_inputs"] == NEW and decision["reason"] == "less Pb"
+    assert decision["transcript"]["operator_message"] == "edit 3 Sn=0.7 Pb=0.3"
+    assert (c.paused, c.batch_size) == (True, 5) and store.controls() == {"paused": True, "batch_size": 5}
+    faults = [e.error for e in store.events(kind="fault")]
+    assert len(faults) == 3
+    assert "ignored 'approve' from 'eve': sample S0003 is approved, not awaiting approval" in faults[0]
+    assert "ignored 'launch'" in faults[1] and "malformed command" in faults[1]
+    assert "edit of S0005: Sn=2.0 is outside" in faults[2] and "missing input(s)" in faults[2]
+    assert store.sample("S0005")["awaiting_approval"]
+
+    before = store.samples()
+    store.rebuild()  # the log alone gives the same state: edits, recipes before approval
+    assert store.samples() == before
+
+
+def test_a_resumed_conductor_keeps_what_operators_set(run_dir):
+    c = conductor(run_dir)
+    commands.control(c.store, c.spec, "pause", "ada")
+    commands.control(c.store, c.spec, "batch_size", "ada", batch_size=2)
+    commands.control(c.store, c.spec, "resume", "ada")
+    c._consume_inbox()
+    assert c.store.controls() == {"paused": False, "batch_size": 2}
+    events = [(e.event, e.detail["by"], e.detail["channel"]) for e in c.store.events(kind="campaign_event")]
+    assert events == [("paused", "ada", "cli"), ("batch_size_set", "ada", "cli"), ("unpaused", "ada", "cli")]
+
+
+def test_current_user_precedence(run_dir, monkeypatch):
+    _, spec = open_run(run_dir)
+    configured = spec.model_copy(update={"approval": spec.approval.model_copy(update={"operator": "lab-lead"})})
+    monkeypatch.delenv("ATHANOR_USER", raising=False)
+    assert commands.current_user(None, configured) == "lab-lead"
+    monkeypatch.setenv("ATHANOR_USER", "ada")
+    assert commands.current_user(None, configured) == "ada"
+    assert commands.current_user("grace", configured) == "grace"
+
+
+def test_cli_edit_pause_and_batch_size(run_dir, capsys):
+    from athanor.cli import main
+
+    assert main(["edit", str(run_dir), "S0005", "Pb=0.3", "Sn=0.7", "--user", "ada", "--reason", "less Pb"]) == 0
+    assert "edited and approved S0005: temperature=580, Sn=0.7, Pb=0.3, Ge=0" in capsys.readouterr().out
+    assert main(["edit", str(run_dir), "S0004", "Pb"]) == 2
+    assert "'Pb': expected NAME=VALUE" in capsys.readouterr().err
+    assert main(["batch-size", str(run_dir), "70"]) == 2
+    assert "from 1 to 64, got 70" in capsys.readouterr().err
+    assert main(["pause", str(run_dir), "--user", "ada"]) == 0
+    store, _ = open_run(run_dir)
+    assert [(c["action"], c.get("sample_id")) for _, c in store.pending_commands()] == [("edit", "S0005"), ("pause", None)]
