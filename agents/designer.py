@@ -10,7 +10,7 @@ from athanor.errors import AthanorError
 from athanor.messages import DesignProposal, DesignRequest, to_wire
 from athanor.planners.base import Observation
 from athanor.planners.space import DesignSpace
-from athanor.simulators.replay import load_pool
+from athanor.pool import load_pool
 
 
 def world_predictor(spec: Any) -> Any:

@@ -115,7 +115,7 @@ class LearnerAgent(Agent):
 
             pool_spec, pool = self.spec.space.pool, None
             if pool_spec is not None:
-                from athanor.simulators.replay import load_pool
+                from athanor.pool import load_pool
 
                 pool = load_pool(pool_spec.dataset, pool_spec.inputs, []).to_numpy(dtype=float)
             self._space = DesignSpace(self.spec.space, pool)

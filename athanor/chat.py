@@ -159,6 +159,7 @@ class ChatSession:
 
     def _list_pending(self) -> str:
         posted = posted_decisions(self.store)
+        asked = {e.sample_id: e.reason for e in self.store.events(kind="approval_request")}
         waiting = [s for s in self.store.samples() if s["awaiting_approval"]]
         if not waiting:
             return "no candidates are awaiting approval"
@@ -170,7 +171,8 @@ class ChatSession:
             lines.append(f"{s['id']} (batch {s['batch']}): {inputs_text(s['inputs'])}; "
                          f"{self._prediction_text(s['candidate'])}"
                          + (f"; precursors ${cost:.2f}" if cost is not None else "")
-                         + (f"; hazards: {', '.join(hazards)}" if hazards else "") + note)
+                         + (f"; hazards: {', '.join(hazards)}" if hazards else "")
+                         + (f"; asks because: {asked[s['id']]}" if asked.get(s["id"]) else "") + note)
         return f"{len(waiting)} awaiting approval:\n" + "\n".join(lines)
 
     def _neighbours(self, sample: dict[str, Any], k: int = 3) -> list[tuple[float, dict[str, Any]]]:

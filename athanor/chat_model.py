@@ -24,7 +24,8 @@ HELP = """I understand:
   approve 3 and 5             approve candidates (ids as S0003 or 3)
   approve all pending         approve every candidate awaiting approval
   reject 4: too much Pb       reject a candidate, with a reason
-  edit 3 Sr=0.5 Ba=0.5        change inputs of a candidate and approve it (checked against the design space)
+  edit 3 Sr=0.5 Ba=0.5        change inputs of a candidate and approve it (checked against the design space;
+                              quote names with spaces: edit 3 "P3HT content (%)"=20)
   pause | resume              stop starting new steps | carry on
   batch size 2                how many candidates the designer proposes at a time"""
 
@@ -74,9 +75,10 @@ def parse_command(text: str) -> list[dict[str, Any]] | None:
         return [_call("explain", sample_id=i) for i in ids] or None
     match = re.match(r"edit\s+([Ss]?\d+)\s*:?\s*(.*)", text, re.I | re.S)
     if match:
-        pairs = re.findall(r"([A-Za-z_][\w.\-]*)\s*=\s*([^\s,;]+)", match.group(2))
+        pairs = re.findall(r"(?:\"([^\"]+)\"|'([^']+)'|([A-Za-z_][\w.\-]*))\s*=\s*([^\s,;]+)", match.group(2))
         if pairs:
-            return [_call("edit", sample_id=match.group(1), inputs={k: _value(v) for k, v in pairs})]
+            inputs = {(dq or sq or bare): _value(v) for dq, sq, bare, v in pairs}
+            return [_call("edit", sample_id=match.group(1), inputs=inputs)]
     return None
 
 

@@ -64,9 +64,11 @@ def _status(args: argparse.Namespace) -> int:
     status = events[-1].status if events and events[-1].event == "ended" else "running or interrupted"
     summary = summarize(store, spec, status)
     controls = store.controls()
+    asked = {e.sample_id: e.reason for e in store.events(kind="approval_request")}
     report = {"campaign": spec.campaign, "campaign_id": store.campaign_id, "status": status,
               "paused": controls["paused"], "batch_size": controls["batch_size"] or spec.batch_size,
               "states": dict(states), "awaiting_approval": [s["id"] for s in samples if s["awaiting_approval"]],
+              "waiting_because": {s["id"]: asked.get(s["id"], "") for s in samples if s["awaiting_approval"]},
               "approvals": store.approvals(), "best": summary["best"], "wall_s": summary["wall_s"]}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -74,8 +76,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"campaign {spec.campaign} ({store.campaign_id}): {status}"
           f"{' (PAUSED)' if report['paused'] else ''}; batch size {report['batch_size']}")
     print("samples: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) if states else "samples: none yet")
-    if report["awaiting_approval"]:
-        print("awaiting approval: " + " ".join(report["awaiting_approval"]))
+    for sample_id, why in report["waiting_because"].items():
+        print(f"awaiting approval: {sample_id} ({why})")
     for a in report["approvals"]:
         if a["channel"] != "policy":
             print("  " + decision_line(a))
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--max-experiments", type=int, help="override the file's experiment budget")
     run.add_argument("--wall-time", type=float, metavar="S", help="override the wall-time budget (seconds)")
-    run.add_argument("--approval", choices=["auto", "always"], help="override the file's approval policy")
+    run.add_argument("--approval", choices=["auto", "always", "rules"], help="override the file's approval policy")
     run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)

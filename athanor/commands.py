@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from athanor.errors import AthanorError
 from athanor.messages import InputValue
+from athanor.pool import find_row, pool_inputs
 from athanor.spec import Campaign, CategoricalParameter, ContinuousParameter, IntegerParameter
 from athanor.store import Store
 
@@ -48,8 +49,6 @@ def current_user(explicit: str | None = None, spec: Campaign | None = None) -> s
 def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
     """Problems of a complete set of inputs against the campaign's design space (empty: valid)."""
     space, problems = spec.space, []
-    if space.pool is not None:
-        return ["the design space is a dataset pool: a candidate can only be one of its rows, not edited"]
     names = space.input_names
     unknown = [k for k in inputs if k not in names]
     if unknown:
@@ -57,6 +56,9 @@ def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
     missing = [n for n in names if n not in inputs]
     if missing:
         problems.append(f"missing input(s) {', '.join(missing)}")
+    if space.pool is not None:
+        problems += [f"{name}={inputs[name]!r} is not a finite number" for name in names
+                     if name in inputs and (isinstance(inputs[name], (bool, str)) or not math.isfinite(inputs[name]))]
     for p in space.parameters:
         if p.name not in inputs:
             continue
@@ -102,12 +104,37 @@ def problems(command: OperatorCommand, samples: Sequence[dict[str, Any]], spec: 
             if command.inputs is None:
                 out.append("an edit needs the new inputs")
             else:
-                out += [f"edit of {command.sample_id}: {p}" for p in validate_inputs(spec, command.inputs)]
+                found = validate_inputs(spec, command.inputs)
+                if not found and spec.space.pool is not None:
+                    found = _pool_row_problems(spec, command.inputs, samples, command.sample_id)
+                out += [f"edit of {command.sample_id}: {p}" for p in found]
     elif command.action == "batch_size":
         n = command.batch_size
         if n is None or isinstance(n, bool) or not 1 <= n <= MAX_BATCH_SIZE:
             out.append(f"the batch size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {n!r}")
     return out
+
+
+def pool_row(spec: Campaign, inputs: Mapping[str, Any]) -> int | None:
+    """The pool row an edit lands on (None: the space is not a pool, or no row has these inputs)."""
+    if spec.space.pool is None:
+        return None
+    return find_row(pool_inputs(spec.space.pool.dataset, tuple(spec.space.pool.inputs)), inputs)[0]
+
+
+def _pool_row_problems(spec: Campaign, inputs: Mapping[str, Any], samples: Sequence[dict[str, Any]],
+                       sample_id: str | None) -> list[str]:
+    pool = spec.space.pool
+    assert pool is not None
+    table = pool_inputs(pool.dataset, tuple(pool.inputs))
+    row, nearest = find_row(table, inputs)
+    if row is None:
+        near = ", ".join(f"{k}={v:g}" for k, v in table.iloc[nearest].items())
+        return [f"no row of {pool.dataset.name} has these inputs (the design space is its rows); "
+                f"the nearest is row {nearest}: {near}"]
+    taken = next((s["id"] for s in samples if s["pool_index"] == row and s["id"] != sample_id
+                  and s["state"] != "rejected"), None)
+    return [f"row {row} of {pool.dataset.name} is already sample {taken}"] if taken else []
 
 
 def post(store: Store, spec: Campaign, commands: Sequence[OperatorCommand]) -> None:

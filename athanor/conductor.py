@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable
 from pydantic import ValidationError
 
 from athanor.approval import rule_failures
-from athanor.commands import OperatorCommand, problems
+from athanor.commands import OperatorCommand, pool_row, problems
 from athanor.messages import (
     ApprovalDecision,
     ApprovalRequest,
@@ -241,6 +241,8 @@ class Conductor:
             self._log(ApprovalDecision(**self._env(command.sample_id), approved=command.action != "reject",
                                        decided_by=command.user, channel=command.channel, reason=command.reason,
                                        edited_inputs=command.inputs if command.action == "edit" else None,
+                                       edited_pool_index=pool_row(self.spec, command.inputs or {})
+                                       if command.action == "edit" else None,
                                        transcript=command.transcript))
             return
         detail: dict[str, Any] = {"by": command.user, "channel": command.channel, "transcript": command.transcript}

@@ -99,6 +99,7 @@ class ApprovalDecision(Envelope):
     channel: Literal["policy", "cli", "chat", "web"]
     reason: str = ""
     edited_inputs: dict[str, InputValue] | None = None  # an operator's edit: run these inputs instead
+    edited_pool_index: int | None = None  # in a pool space, the row those inputs are
     transcript: dict[str, Any] = {}  # from the chat: session, transcript file, the operator's words
 
 

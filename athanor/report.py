@@ -146,13 +146,14 @@ def decision_line(a: Mapping[str, Any]) -> str:
 
 
 def recipe_lines(recipe: Mapping[str, Any] | None) -> list[str]:
+    """A recipe as an operator judges it: reaction, amounts, heating, cost, hazards."""
     if not recipe:
         return ["recipe: not planned yet, so no cost or hazards known"]
     precursors = ", ".join(f"{p['formula']} {p['mass_g']:.3g} g" if "mass_g" in p else str(p.get("formula", p))
                            for p in recipe.get("precursors", []))
     lines = [f"recipe: route {recipe.get('route')}" + (f", {recipe['reaction']}" if recipe.get("reaction") else "")
              + (f"; precursors {precursors}" if precursors else "")]
-    heat = [f"{s['temperature_c']:g} °C for {s['time_h']:g} h in {s['atmosphere']}"
+    heat = [f"{s['temperature_c']:.0f} °C for {s['time_h']:.3g} h in {s['atmosphere']}"
             for s in recipe.get("steps", []) if s.get("action") == "heat"]
     if heat:
         lines.append("heating: " + ", then ".join(heat))

@@ -421,8 +421,8 @@ def _apply(s: Session, m: Message) -> None:
                     awaiting_approval=False, error=None if m.approved else f"rejected by {m.decided_by}: {m.reason}")
         if m.approved and m.edited_inputs is not None:  # the prediction was for the designer's inputs, not these
             row.candidate = {**row.candidate, "inputs": dict(m.edited_inputs), "edited_from": row.inputs,
-                             "predicted": {}, "acquisition_value": None}
-            row.inputs, row.recipe = dict(m.edited_inputs), None
+                             "pool_index": m.edited_pool_index, "predicted": {}, "acquisition_value": None}
+            row.inputs, row.pool_index, row.recipe = dict(m.edited_inputs), m.edited_pool_index, None
         s.add(ApprovalRow(sample_id=m.sample_id, campaign_id=m.campaign_id, approved=m.approved,
                           decided_by=m.decided_by, channel=m.channel, reason=m.reason,
                           edited_inputs=m.edited_inputs, transcript=m.transcript or None,

@@ -11,31 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from athanor.errors import AthanorError
+from athanor.pool import load_pool
 from athanor.simulators.base import SimulatedConditions
 
-
-def load_pool(path: str | Path, inputs: list[str], outputs: list[str]) -> pd.DataFrame:
-    """Distinct input rows with their averaged outputs, in first-appearance order."""
-    try:
-        table = pd.read_csv(path, encoding="utf-8-sig")
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise AthanorError(f"{path}: cannot read it as CSV: {str(exc).splitlines()[0]}") from None
-    missing = [c for c in [*inputs, *outputs] if c not in table.columns]
-    if missing:
-        raise AthanorError(f"{path}: no column {', '.join(map(repr, missing))}")
-    for column in inputs:
-        numeric = pd.to_numeric(table[column], errors="coerce")
-        bad = numeric.isna() | ~np.isfinite(numeric.fillna(0.0))
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise AthanorError(f"{path}: line {row + 2}, column {column!r}: input {table[column].iloc[row]!r} "
-                               f"is not a finite number")
-        table[column] = numeric
-    grouped = table.groupby(inputs, sort=False, dropna=False)[outputs].mean()
-    return grouped.reset_index()[[*inputs, *outputs]]
+__all__ = ["ReplayWorld", "load_pool"]
 
 
 class ReplayWorld:

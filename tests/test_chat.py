@@ -43,6 +43,10 @@ def test_parse_commands():
     assert parse_command("status")[0]["name"] == "status"
     assert parse_command("pending")[0]["name"] == "list_pending"
     assert parse_command("edit 3 Sn=0.5 Pb=0.5")[0]["args"] == {"sample_id": "3", "inputs": {"Sn": 0.5, "Pb": 0.5}}
+    assert parse_command('edit 3 "P3HT content (%)"=20 x=1')[0]["args"]["inputs"] == {"P3HT content (%)": 20, "x": 1}
+    assert parse_command("pause")[0]["name"] == "pause" and parse_command("resume")[0]["name"] == "resume"
+    assert parse_command("batch size 3")[0]["args"] == {"batch_size": 3}
+    assert parse_command("batch_size=1")[0]["args"] == {"batch_size": 1}
     assert parse_command("make me a sandwich") is None
 
 
@@ -192,6 +196,7 @@ def test_explain_and_pending_show_the_recipe_planned_before_approval(run_dir):
     assert "hazards: Fe(NO3)3·9H2O (oxidizer, irritant)" in out
     assert "recipe: not planned yet" in session.send("why 3?")
     assert "S0004 (batch 1)" in (pending := session.send("pending")) and "precursors $0.44; hazards: irritant, oxidizer" in pending
+    assert "asks because: every proposal waits" in pending
 
 
 def test_runaway_model_is_stopped(run_dir):

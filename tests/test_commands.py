@@ -107,5 +107,40 @@ def test_cli_edit_pause_and_batch_size(run_dir, capsys):
     assert main(["batch-size", str(run_dir), "70"]) == 2
     assert "from 1 to 64, got 70" in capsys.readouterr().err
     assert main(["pause", str(run_dir), "--user", "ada"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "awaiting approval: S0004 (every proposal waits)" in text and "batch size 3" in text
     store, _ = open_run(run_dir)
     assert [(c["action"], c.get("sample_id")) for _, c in store.pending_commands()] == [("edit", "S0005"), ("pause", None)]
+
+
+def test_an_edit_in_a_pool_space_must_land_on_an_unclaimed_row(tmp_path):
+    from athanor.messages import ApprovalRequest, Candidate, DesignProposal
+    from athanor.pool import load_pool
+    from athanor.spec import load_campaign
+    from athanor.store import Store
+    from conftest import DATA, P3HT_INPUTS, write_campaign
+
+    spec = load_campaign(write_campaign(tmp_path / "c.yaml", approval="always"))
+    rows = load_pool(DATA / "P3HT.csv", P3HT_INPUTS, [])
+    store = Store(f"sqlite:///{tmp_path}/campaign.db", "pool-0001")
+    store.register_campaign(spec.campaign, spec.model_dump(mode="json"))
+    penv = dict(campaign_id="pool-0001", sender="conductor")
+    store.append(DesignProposal(**penv, batch=0, strategy="sobol", candidates=[
+        Candidate(inputs=rows.iloc[i].to_dict(), pool_index=i, sample_id=f"S000{i + 1}") for i in (0, 1)]))
+    for sid in ("S0001", "S0002"):
+        store.append(ApprovalRequest(**penv, sample_id=sid, policy="always", reason="asks"))
+    c = Conductor(spec, store, agents=None)
+
+    commands.edit(store, spec, "S0001", rows.iloc[5].to_dict(), "ada")
+    c._consume_inbox()
+    edited = store.sample("S0001")
+    assert edited["pool_index"] == 5 and edited["inputs"] == rows.iloc[5].to_dict()
+    with pytest.raises(AthanorError, match="row 5 of P3HT.csv is already sample S0001"):
+        commands.edit(store, spec, "S0002", rows.iloc[5].to_dict(), "ada")
+    with pytest.raises(AthanorError, match=r"no row of P3HT.csv has these inputs .*the nearest is row \d+: P3HT"):
+        commands.edit(store, spec, "S0002", {P3HT_INPUTS[0]: 21.123}, "ada")
+    with pytest.raises(AthanorError, match="is not a finite number"):
+        commands.edit(store, spec, "S0002", {P3HT_INPUTS[0]: "lots"}, "ada")
+

@@ -14,7 +14,8 @@ from langchain_core.messages import AIMessage
 from athanor.campaign import execute, open_run, prepare
 from athanor.chat import chat_once
 from athanor.cli import main
-from conftest import ROOT, write_campaign
+from athanor.pool import load_pool
+from conftest import DATA, P3HT_INPUTS, P3HT_OBJECTIVE, ROOT, write_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -139,12 +140,18 @@ def test_scripted_operator_edits_pauses_and_resizes_a_running_campaign(tmp_path,
 
 
 def test_waiting_proposals_do_not_hold_up_the_lab(tmp_path, ray_address):
+    pool = load_pool(DATA / "P3HT.csv", P3HT_INPUTS, [P3HT_OBJECTIVE])
     config = write_campaign(tmp_path / "c.yaml", budget=6, batch_size=2, approval="always", latency_s=0.02)
     out = tmp_path / "run"
     runner, result = start(config, out, ray_address)
     try:
         wait_for(lambda: sum(s["awaiting_approval"] for s in state(out).values()) == 4, "four proposals waiting")
-        assert main(["approve", str(out), "S0003", "S0004", "--user", "ada"]) == 0
+        # An edit in a pool space lands on another row of the dataset, which the lab then measures.
+        claimed = {s["pool_index"] for s in state(out).values()}
+        row = next(i for i in range(len(pool)) if i not in claimed)
+        assert main(["edit", str(out), "S0003", *(f"{k}={v}" for k, v in pool.iloc[row][P3HT_INPUTS].items()),
+                     "--user", "ada"]) == 0
+        assert main(["approve", str(out), "S0004", "--user", "ada"]) == 0
         # S0001 and S0002 still wait; the lab runs batch 1 and the designer is asked for batch 2.
         wait_for(lambda: "S0005" in state(out), "a third batch while the first still waits")
         wait_for(lambda: state(out)["S0004"]["state"] == "learned", "batch 1 measured")
@@ -156,6 +163,8 @@ def test_waiting_proposals_do_not_hold_up_the_lab(tmp_path, ray_address):
     finally:
         drive_to_the_end(out, runner)
     assert result["summary"]["status"] == "completed" and result["summary"]["n_experiments"] == 6
+    edited = state(out)["S0003"]
+    assert edited["pool_index"] == row and edited["values"][P3HT_OBJECTIVE] == pytest.approx(pool.iloc[row][P3HT_OBJECTIVE])
 
 
 def test_rules_judge_the_recipe_cost_and_hazards(tmp_path, ray_address):
