@@ -9,25 +9,12 @@ SQLite file by default; any SQLAlchemy URL (``postgresql://...``) otherwise.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any, Iterable
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    select,
-)
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from athanor.errors import AthanorError
 from athanor.messages import (
@@ -43,6 +30,16 @@ from athanor.messages import (
     parse_message,
     to_wire,
     utcnow,
+)
+from athanor.tables import (
+    ApprovalRow,
+    Base,
+    CampaignRow,
+    DocumentRow,
+    EventRow,
+    InboxRow,
+    MeasurementRow,
+    SampleRow,
 )
 
 # The lifecycle of a sample. `failed` and `rejected` are terminal and kept: negative results are data.
@@ -61,101 +58,6 @@ TRANSITIONS: dict[str, set[str]] = {
 }
 TERMINAL = {"learned", "rejected", "failed"}
 MEASURED = {"characterized", "learned"}
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class CampaignRow(Base):
-    __tablename__ = "campaigns"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    spec: Mapped[dict[str, Any]]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class EventRow(Base):
-    __tablename__ = "events"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(64), unique=True)
-    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(40), index=True)
-    sample_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    causation_id: Mapped[str | None] = mapped_column(String(64))
-    sender: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    body: Mapped[dict[str, Any]]
-
-
-class SampleRow(Base):
-    __tablename__ = "samples"
-    __table_args__ = (UniqueConstraint("campaign_id", "id"),)
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(64))
-    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"), index=True)
-    seq: Mapped[int] = mapped_column(Integer)
-    batch: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(20), index=True)
-    inputs: Mapped[dict[str, Any]]
-    pool_index: Mapped[int | None] = mapped_column(Integer)
-    candidate: Mapped[dict[str, Any]]
-    awaiting_approval: Mapped[bool] = mapped_column(Boolean, default=False)
-    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    product: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    error: Mapped[str | None] = mapped_column(Text)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class MeasurementRow(Base):
-    __tablename__ = "measurements"
-    # One measurement per sample: a re-dispatched step can never count twice.
-    __table_args__ = (UniqueConstraint("campaign_id", "sample_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sample_id: Mapped[str] = mapped_column(String(64))
-    campaign_id: Mapped[str] = mapped_column(String(64), index=True)
-    instrument: Mapped[str] = mapped_column(String(100))
-    values: Mapped[dict[str, Any]]
-    uncertainties: Mapped[dict[str, Any]]
-    event_id: Mapped[str] = mapped_column(String(64))
-    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class ApprovalRow(Base):
-    __tablename__ = "approvals"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sample_id: Mapped[str] = mapped_column(String(64), index=True)
-    campaign_id: Mapped[str] = mapped_column(String(64), index=True)
-    approved: Mapped[bool] = mapped_column(Boolean)
-    decided_by: Mapped[str] = mapped_column(String(100))
-    channel: Mapped[str] = mapped_column(String(20))
-    reason: Mapped[str] = mapped_column(Text)
-    edited_inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    transcript: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    event_id: Mapped[str] = mapped_column(String(64))
-
-
-class DocumentRow(Base):
-    """A Bluesky event-model document, linked to the sample and step whose run produced it."""
-
-    __tablename__ = "documents"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    campaign_id: Mapped[str] = mapped_column(String(64), index=True)
-    sample_id: Mapped[str] = mapped_column(String(64), index=True)
-    event_id: Mapped[str] = mapped_column(String(64), index=True)
-    run_uid: Mapped[str] = mapped_column(String(64), index=True)
-    name: Mapped[str] = mapped_column(String(20))
-    body: Mapped[dict[str, Any]]
-
-
-class InboxRow(Base):
-    __tablename__ = "inbox"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    campaign_id: Mapped[str] = mapped_column(String(64), index=True)
-    command: Mapped[dict[str, Any]]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    consumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 DERIVED = (ApprovalRow, MeasurementRow, SampleRow)
