@@ -186,7 +186,9 @@ def _benchmarks_module(name: str) -> Any:
     return importlib.import_module(name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; `benchmarks=False` leaves out the bench suites' own options (they import
+    torch, a second of start-up that `status`, `approve` and `chat -m` should not pay)."""
     parser = argparse.ArgumentParser(prog="athanor", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -246,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (from a source checkout: benchmarks/ beside athanor/)")
     suites = bench.add_subparsers(dest="suite", required=True)
-    for suite in ("optimizers", "designers"):
+    for suite in ("optimizers", "designers") if benchmarks else ():
         module = _benchmarks_module(suite)
         if module is not None:
             module.add_parser(suites)
@@ -277,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(benchmarks=argv[:1] == ["bench"]).parse_args(argv)
     if args.command == "run" and args.out is None and not args.resume:
         from athanor.spec import load_campaign
 
