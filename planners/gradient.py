@@ -1,6 +1,7 @@
 """Gradient strategy: many candidates optimized at once by gradient descent on relaxed inputs (SMOACS).
 
-A candidate is a set of learnable tensors, one row per candidate in a batch:
+A candidate is a set of learnable tensors, one row per candidate in a batch (the representation lives
+in relaxation.py; this module fits the predictor and optimizes):
 
 * sites — every categorical parameter whose choices are element symbols and that `sites` names
   (with its multiplicity, e.g. {"a_site": 1, "b_site": 1, "anion": 3}), plus fixed sites that are no
@@ -44,56 +45,22 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from athanor import chemistry
-from athanor.chemistry import is_element
 from athanor.messages import Candidate, Prediction
 from athanor.planners.base import Observation, input_key
 from athanor.planners.ensemble import DeepEnsemble, default_device
-from athanor.planners.oxidation import ChargePatterns, Site, charge_patterns
 from athanor.planners.random import SobolStrategy
-from athanor.planners.space import DesignSpace, bounded_simplex
-from athanor.spec import CategoricalParameter, IntegerParameter, Objective, OutcomeConstraint
+from athanor.planners.relaxation import RelaxedCandidates, shannon_radius
+from athanor.planners.space import DesignSpace
+from athanor.spec import CategoricalParameter, Objective, OutcomeConstraint
 
-__all__ = ["GradientStrategy"]
+__all__ = ["GradientStrategy", "shannon_radius"]
 
 Predictor = Callable[[torch.Tensor], Mapping[str, Any]]
-_NEG = -1e9  # logit of a masked-out element: exp underflows to exactly 0 at every temperature used
-
-
-def shannon_radius(symbol: str, charge: int, cn: int) -> float:
-    """Shannon ionic radius (Å) at the tabulated coordination nearest `cn`; the atomic radius (or
-    1.5 Å) for an ion the table lacks, so a relaxed distribution over it stays differentiable."""
-    from pymatgen.core.periodic_table import Element
-
-    found = chemistry.shannon_radius(symbol, charge, cn)
-    return found[0] if found is not None else float(Element(symbol).atomic_radius or 1.5)
-
-
-@dataclass
-class _Block:
-    """One categorical parameter (or fixed site): its choices and, for a charge site, its index among sites."""
-
-    name: str
-    choices: tuple[str, ...]
-    in_space: bool = True
-    site: int | None = None  # index into the charge template's sites
-
-
-@dataclass
-class _Template:
-    blocks: list[_Block] = field(default_factory=list)
-    patterns: ChargePatterns | None = None
-    width: int = 1  # the widest block
-
-    @property
-    def site_blocks(self) -> list[_Block]:
-        return [b for b in self.blocks if b.site is not None]
 
 
 class GradientStrategy:
@@ -133,197 +100,13 @@ class GradientStrategy:
         else:
             self.device = default_device(device)
             self.dtype = torch.float32
-        self.template = self._build_template(sites or {})
-        self.roles = self._roles(roles)
+        self.candidates = RelaxedCandidates(space, sites or {}, self.constraints, roles, self.device, self.dtype)
+        self.template, self.roles = self.candidates.template, self.candidates.roles
         self.outputs = [o.name for o in self.objectives]
         self.outputs += [c.name for c in self.constraints if c.name not in self.outputs]
         self.fallback = SobolStrategy(space, objectives, seed)
         self.model_version: str | None = None
         self.last_timing: dict[str, float] = {}
-        comp = space.space.composition
-        self._comp_elements = list(comp.elements) if comp is not None else []
-        if comp is not None:
-            low, high = space.comp_bounds
-            self._low = torch.as_tensor(low, dtype=self.dtype, device=self.device)
-            self._high = torch.as_tensor(high, dtype=self.dtype, device=self.device)
-        self._radii = self._radius_table() if self.roles else None
-
-    # --- the template -------------------------------------------------------------------------
-    def _build_template(self, sites: Mapping[str, Any]) -> _Template:
-        template = _Template()
-        charge_sites: list[Site] = []
-        params = {p.name: p for p in self.space.space.parameters}
-        for p in self.space.space.parameters:
-            if not isinstance(p, CategoricalParameter):
-                continue
-            block = _Block(p.name, tuple(p.choices))
-            if p.name in sites:
-                if not all(is_element(c) for c in p.choices):
-                    raise ValueError(f"designer.options.sites: {p.name!r} has choices that are not element symbols")
-                spec = sites[p.name]
-                mult = int(spec if not isinstance(spec, Mapping) else spec.get("multiplicity", 1))
-                block.site = len(charge_sites)
-                charge_sites.append(Site(p.name, block.choices, mult))
-            template.blocks.append(block)
-        for name, spec in sites.items():
-            if name in params:
-                if not isinstance(params[name], CategoricalParameter):
-                    raise ValueError(f"designer.options.sites: {name!r} is not a categorical parameter")
-                continue
-            if not isinstance(spec, Mapping) or "elements" not in spec:
-                raise ValueError(f"designer.options.sites: {name!r} is no parameter of the space; give it as "
-                                 "{elements: [...], multiplicity: n} (a fixed site of one element)")
-            elements = tuple(spec["elements"])
-            if len(elements) != 1 or not is_element(elements[0]):
-                raise ValueError(f"designer.options.sites: fixed site {name!r} must hold exactly one element")
-            block = _Block(name, elements, in_space=False, site=len(charge_sites))
-            charge_sites.append(Site(name, elements, int(spec.get("multiplicity", 1))))
-            template.blocks.append(block)
-        if charge_sites:
-            template.patterns = charge_patterns(charge_sites)
-        template.width = max([len(b.choices) for b in template.blocks] or [1])
-        return template
-
-    def _roles(self, roles: Mapping[str, str] | None) -> dict[str, int] | None:
-        """Which charge sites are A, B and X, when a tolerance-factor constraint wants them."""
-        if not any(c.name == "tolerance_factor" for c in self.constraints) or self.template.patterns is None:
-            return None
-        names = {b.name: b.site for b in self.template.site_blocks}
-        roles = dict(roles or {"A": "a_site", "B": "b_site", "X": "anion"})
-        if all(roles.get(r) in names for r in "ABX"):
-            return {r: names[roles[r]] for r in "ABX"}
-        return None
-
-    def _radius_table(self) -> torch.Tensor:
-        """R [P, S, E]: Shannon radius of element e at site s in the state pattern p gives it (A: CN 12, else 6)."""
-        pats = self.template.patterns
-        cn = {self.roles["A"]: 12}
-        R = np.zeros(pats.masks.shape)
-        for p in range(len(pats)):
-            for s, site in enumerate(pats.sites):
-                for e, el in enumerate(site.elements):
-                    if pats.masks[p, s, e]:
-                        R[p, s, e] = shannon_radius(el, int(pats.states[p, s]), cn.get(s, 6))
-        return torch.as_tensor(R, dtype=self.dtype, device=self.device)
-
-    # --- parameters and the relaxed candidate ---------------------------------------------------
-    def _init_params(self, B: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        kw = dict(dtype=self.dtype)
-        t = self.template
-        params = {}
-        if t.blocks:
-            params["logits"] = 0.5 * torch.randn(B, len(t.blocks), t.width, generator=gen, **kw)
-        if t.patterns is not None:
-            params["patterns"] = 0.5 * torch.randn(B, len(t.patterns), generator=gen, **kw)
-        n_cont = sum(1 for p in self.space.space.parameters if not isinstance(p, CategoricalParameter))
-        if n_cont:
-            params["cont"] = torch.randn(B, n_cont, generator=gen, **kw)
-        if self._comp_elements:
-            params["comp"] = 0.5 * torch.randn(B, len(self._comp_elements), generator=gen, **kw)
-        return {k: v.to(self.device).requires_grad_(True) for k, v in params.items()}
-
-    def _valid(self) -> torch.Tensor:
-        """[blocks, width]: True where a block has a choice at that index (padding False)."""
-        t = self.template
-        valid = torch.zeros(len(t.blocks), t.width, dtype=torch.bool, device=self.device)
-        for i, b in enumerate(t.blocks):
-            valid[i, : len(b.choices)] = True
-        return valid
-
-    def _site_masks(self) -> torch.Tensor:
-        """[P, blocks, width]: per pattern, the allowed choices of every block (free blocks: all valid)."""
-        t = self.template
-        valid = self._valid()
-        masks = valid.expand(len(t.patterns), -1, -1).clone()
-        pm = torch.as_tensor(t.patterns.masks, device=self.device)
-        for i, b in enumerate(t.blocks):
-            if b.site is not None:
-                masks[:, i, :] = False
-                masks[:, i, : pm.shape[2]] = pm[:, b.site, :]
-        return masks
-
-    def relax(self, params: Mapping[str, torch.Tensor], temperature: float) -> dict[str, torch.Tensor]:
-        """Distributions and features of the relaxed candidates at a temperature."""
-        t = self.template
-        out: dict[str, torch.Tensor] = {}
-        if t.blocks:
-            logits = params["logits"]
-            if t.patterns is not None:
-                masks = self._site_masks()  # [P, K, W]
-                masked = logits[:, None] + torch.where(masks, 0.0, _NEG).to(logits.dtype)  # [B, P, K, W]
-                q = torch.softmax(masked / temperature, dim=-1)
-                w = torch.softmax(params["patterns"] / temperature, dim=-1)  # [B, P]
-                dist = torch.einsum("bp,bpkw->bkw", w, q)
-                out["pattern_weights"], out["per_pattern"] = w, q
-            else:
-                masked = logits + torch.where(self._valid(), 0.0, _NEG).to(logits.dtype)
-                dist = torch.softmax(masked / temperature, dim=-1)
-            out["dist"] = dist
-        feats = []
-        block_index = {b.name: i for i, b in enumerate(t.blocks)}
-        j = 0
-        for p in self.space.space.parameters:
-            if isinstance(p, CategoricalParameter):
-                feats.append(out["dist"][:, block_index[p.name], : len(p.choices)])
-            else:
-                feats.append(torch.sigmoid(params["cont"][:, j : j + 1]))
-                j += 1
-        if self._comp_elements:
-            w = torch.softmax(params["comp"], dim=-1)
-            x = self._low + (1.0 - self._low.sum()) * w
-            out["comp"] = x
-            out["comp_excess"] = torch.relu(x - self._high).sum(-1)
-            feats.append(x)
-        out["features"] = torch.cat(feats, dim=-1)
-        return out
-
-    def decode(self, params: Mapping[str, torch.Tensor]) -> tuple[list[dict[str, Any]], torch.Tensor, list[int | None]]:
-        """Hard candidates: inputs, their exact feature rows and their charge pattern (index or None)."""
-        t = self.template
-        with torch.no_grad():
-            B = next(iter(params.values())).shape[0]
-            rows: list[dict[str, Any]] = [{} for _ in range(B)]
-            chosen_pattern: list[int | None] = [None] * B
-            picks = None
-            if t.blocks:
-                logits = params["logits"]
-                if t.patterns is not None:
-                    p_star = params["patterns"].argmax(-1)  # [B]
-                    allowed = self._site_masks()[p_star]  # [B, K, W]
-                    chosen_pattern = [int(p) for p in p_star]
-                else:
-                    allowed = self._valid().expand(B, -1, -1)
-                picks = torch.where(allowed, logits, torch.full_like(logits, -math.inf)).argmax(-1)  # [B, K]
-            block_index = {b.name: i for i, b in enumerate(t.blocks)}
-            feats = []
-            j = 0
-            for p in self.space.space.parameters:
-                if isinstance(p, CategoricalParameter):
-                    k = block_index[p.name]
-                    idx = picks[:, k]
-                    feats.append(torch.nn.functional.one_hot(idx, len(p.choices)).to(self.dtype))
-                    for row, i in zip(rows, idx.tolist()):
-                        row[p.name] = p.choices[i]
-                else:
-                    u = torch.sigmoid(params["cont"][:, j]).cpu().numpy().astype(float)
-                    j += 1
-                    col = []
-                    for row, v in zip(rows, u):
-                        if isinstance(p, IntegerParameter):
-                            row[p.name] = int(np.clip(round(p.low + v * (p.high - p.low)), p.low, p.high))
-                            col.append((row[p.name] - p.low) / (p.high - p.low) if p.high > p.low else 0.0)
-                        else:
-                            row[p.name] = float(p.low + v * (p.high - p.low))
-                            col.append(float(v))
-                    feats.append(torch.tensor(col, dtype=self.dtype, device=self.device)[:, None])
-            if self._comp_elements:
-                w = torch.softmax(params["comp"], dim=-1).cpu().double().numpy()
-                low, high = self.space.comp_bounds
-                fractions = bounded_simplex(w, low, high)
-                for row, x in zip(rows, fractions):
-                    row.update({el: float(v) for el, v in zip(self._comp_elements, x)})
-                feats.append(torch.as_tensor(fractions, dtype=self.dtype, device=self.device))
-            return rows, torch.cat(feats, dim=-1), chosen_pattern
 
     # --- prediction and loss ----------------------------------------------------------------------
     def _predict(self, X: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -339,22 +122,6 @@ class GradientStrategy:
             return out
         mean, sd = self._model.predict(X)
         return {name: (mean[:, i], sd[:, i]) for i, name in enumerate(self._model_outputs)}
-
-    def _tolerance_factor(self, relaxed: Mapping[str, torch.Tensor], hard: torch.Tensor | None = None) -> torch.Tensor:
-        """Goldschmidt t = (rA + rX) / (√2 (rB + rX)), radii expected under the site distributions."""
-        t = self.template
-        if hard is None:
-            q, w = relaxed["per_pattern"], relaxed["pattern_weights"]  # [B, P, K, W], [B, P]
-        else:
-            q, w = relaxed["per_pattern_hard"], relaxed["pattern_hard"]
-        blocks = {b.site: i for i, b in enumerate(t.blocks) if b.site is not None}
-        R = self._radii  # [P, S, E]
-        r = {}
-        for role, s in self.roles.items():
-            k = blocks[s]
-            qs = q[:, :, k, : R.shape[2]]
-            r[role] = torch.einsum("bp,bpe,pe->b", w, qs, R[:, s, :])
-        return (r["A"] + r["X"]) / (math.sqrt(2.0) * (r["B"] + r["X"]))
 
     def _losses(self, preds: Mapping[str, tuple[torch.Tensor, torch.Tensor]], kappa: float | torch.Tensor,
                 weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -392,7 +159,7 @@ class GradientStrategy:
     def _all_preds(self, X: torch.Tensor, relaxed: Mapping[str, torch.Tensor] | None, hard: bool = False):
         preds = self._predict(X)
         if self.roles is not None and relaxed is not None:
-            tf = self._tolerance_factor(relaxed, hard=relaxed.get("pattern_hard") if hard else None)
+            tf = self.candidates.tolerance_factor(relaxed, hard=relaxed.get("pattern_hard") if hard else None)
             preds["tolerance_factor"] = (tf, torch.zeros_like(tf))
         return preds
 
@@ -415,7 +182,7 @@ class GradientStrategy:
         if self.predictor is None:
             if len(measured) < self.n_init:
                 return self._space_filling(history, n, pending, f"initial design ({len(measured)} of {self.n_init} measured)")
-            X = torch.stack([self._features(o.inputs) for o in measured])
+            X = torch.stack([self.candidates.features(o.inputs) for o in measured])
             Y = torch.tensor([[float(o.values[k]) for k in self._fit_outputs()] for o in measured], dtype=self.dtype)
             opts = {"seed": self.seed + len(history), **self.ensemble_options}
             self._model = DeepEnsemble(device=str(self.device), **opts).fit(X, Y)
@@ -424,7 +191,7 @@ class GradientStrategy:
         else:
             self.model_version = f"predictor-{getattr(self.predictor, 'version', type(self.predictor).__name__)}"
         done = [*history, *pending]
-        self._anchors = torch.stack([self._features(o.inputs) for o in done]) if done else None
+        self._anchors = torch.stack([self.candidates.features(o.inputs) for o in done]) if done else None
         params, _ = self.optimize(len(history) + len(pending))
         return self._select(params, history, pending, n)
 
@@ -440,16 +207,6 @@ class GradientStrategy:
             scales[k] = sd if sd > 1e-12 else max(1.0, float(np.abs(values).mean()) if len(values) else 1.0)
         return scales
 
-    def _features(self, inputs: Mapping[str, Any]) -> torch.Tensor:
-        feats: list[float] = []
-        for p in self.space.space.parameters:
-            if isinstance(p, CategoricalParameter):
-                feats += [1.0 if inputs[p.name] == c else 0.0 for c in p.choices]
-            else:
-                feats.append((float(inputs[p.name]) - p.low) / (p.high - p.low) if p.high > p.low else 0.0)
-        feats += [float(inputs[el]) for el in self._comp_elements]
-        return torch.tensor(feats, dtype=self.dtype, device=self.device)
-
     def temperature(self, step: int) -> float:
         """Geometric annealing from t_start at step 0 to t_end at the last step."""
         if self.steps <= 1:
@@ -461,7 +218,7 @@ class GradientStrategy:
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + n_before)
         B = self.n_candidates
-        params = self._init_params(B, gen)
+        params = self.candidates.init_params(B, gen)
         # Every candidate gets its own exploration weight and objective weights (mean 1): the batch
         # spreads over several optima instead of collapsing onto one.
         kappa = (self.kappa * 2.0 * torch.rand(B, generator=gen, dtype=self.dtype)).to(self.device)
@@ -479,7 +236,7 @@ class GradientStrategy:
                 self._mutate(params, loss.detach(), gen)
                 opt = torch.optim.Adam(list(params.values()), lr=self.lr)
             T = self.temperature(step)
-            relaxed = self.relax(params, T)
+            relaxed = self.candidates.relax(params, T)
             loss = self._losses(self._all_preds(relaxed["features"], relaxed), kappa, weights)
             if "comp_excess" in relaxed:
                 loss = loss + 100.0 * relaxed["comp_excess"]
@@ -492,21 +249,12 @@ class GradientStrategy:
                             "candidate_optimizations_per_s": B / seconds if seconds > 0 else float("inf")}
         return {k: v.detach() for k, v in params.items()}, self.last_timing
 
-    def _length_scales(self) -> torch.Tensor:
-        """Per feature: 0.5 for a categorical choice, min_distance (or 0.02) for a continuous value."""
-        scales = []
-        cont = self.min_distance if self.min_distance > 0 else 0.02
-        for p in self.space.space.parameters:
-            scales += [0.5] * len(p.choices) if isinstance(p, CategoricalParameter) else [cont]
-        scales += [cont] * len(self._comp_elements)
-        return torch.tensor(scales, dtype=self.dtype, device=self.device)
-
     def _repel(self, X: torch.Tensor) -> torch.Tensor:
         """A Gaussian bump of height `repulsion` on every measured or pending point: candidates spread
         to unmeasured points instead of piling onto the best measured one."""
         if self._anchors is None or self.repulsion <= 0:
             return torch.zeros(X.shape[0], dtype=X.dtype, device=X.device)
-        d2 = (((X[:, None, :] - self._anchors[None]) / self._length_scales()) ** 2).sum(-1)
+        d2 = (((X[:, None, :] - self._anchors[None]) / self.candidates.length_scales(self.min_distance)) ** 2).sum(-1)
         return self.repulsion * torch.exp(-0.5 * d2).sum(-1)
 
     @torch.no_grad()
@@ -522,43 +270,25 @@ class GradientStrategy:
             noise = self.mutation_noise * torch.randn(k, *v.shape[1:], generator=gen, dtype=v.dtype).to(v.device)
             v[worst.to(v.device)] = v[best.to(v.device)] + noise
 
-    def _hard_relaxed(self, params: Mapping[str, torch.Tensor], patterns: list[int | None]) -> dict[str, torch.Tensor]:
-        """One-hot pattern weights and per-pattern distributions of the decoded candidates (for t)."""
-        out: dict[str, torch.Tensor] = {}
-        if self.roles is None:
-            return out
-        relaxed = self.relax(params, self.t_end)
-        B = len(patterns)
-        P = len(self.template.patterns)
-        w = torch.zeros(B, P, dtype=self.dtype, device=self.device)
-        w[torch.arange(B), torch.tensor(patterns, device=self.device)] = 1.0
-        masks = self._site_masks()
-        logits = params["logits"]
-        masked = torch.where(masks[None], logits[:, None], torch.full_like(logits[:, None].expand(-1, P, -1, -1), -math.inf))
-        q = torch.nn.functional.one_hot(masked.argmax(-1), logits.shape[-1]).to(self.dtype)
-        out["per_pattern_hard"], out["pattern_hard"] = q, w
-        out["per_pattern"], out["pattern_weights"] = relaxed["per_pattern"], relaxed["pattern_weights"]
-        return out
-
     def _select(self, params: Mapping[str, torch.Tensor], history: list[Observation],
                 pending: list[Observation], n: int) -> list[Candidate]:
-        rows, X, patterns = self.decode(params)
+        rows, X, patterns = self.candidates.decode(params)
         seen = {input_key(o.inputs) for o in [*history, *pending]}
         if len({input_key(r) for r in rows} - seen) < n and self.template.blocks:
             # The batch converged onto fewer unmeasured points than asked for (a small discrete space):
             # score as many random decodes as well, so the rest are still chosen by the model.
             gen = torch.Generator().manual_seed(self.seed * 104_729 + len(history) + len(pending))
-            extra = {k: 4.0 * v.detach() for k, v in self._init_params(len(rows), gen).items()}
+            extra = {k: 4.0 * v.detach() for k, v in self.candidates.init_params(len(rows), gen).items()}
             params = {k: torch.cat([params[k], extra[k]]) for k in params}
-            rows, X, patterns = self.decode(params)
+            rows, X, patterns = self.candidates.decode(params)
         with torch.no_grad():
-            hard = self._hard_relaxed(params, patterns)
+            hard = self.candidates.hard_relaxed(params, patterns, self.t_end)
             preds = self._all_preds(X, hard or None, hard=True)
             loss = self._losses(preds, self.kappa)
-        taken = [self._features(o.inputs) for o in [*history, *pending]]
+        taken = [self.candidates.features(o.inputs) for o in [*history, *pending]]
         order = torch.argsort(loss.cpu()).tolist()
         chosen: list[Candidate] = []
-        continuous = bool(self._comp_elements) or any(
+        continuous = bool(self.candidates.comp_elements) or any(
             not isinstance(p, CategoricalParameter) for p in self.space.space.parameters)
         for i in order:
             if len(chosen) >= n:
@@ -593,9 +323,9 @@ class GradientStrategy:
         out: list[Candidate] = []
         gen = torch.Generator().manual_seed(self.seed * 7919 + len(history) + len(pending))
         for attempt in range(20):
-            params = self._init_params(max(4 * n, 32), gen)
+            params = self.candidates.init_params(max(4 * n, 32), gen)
             params = {k: 4.0 * v.detach() for k, v in params.items()}  # sharper: varied, not central, picks
-            rows, _, patterns = self.decode(params)
+            rows, _, patterns = self.candidates.decode(params)
             for row, p in zip(rows, patterns):
                 if len(out) >= n:
                     return out

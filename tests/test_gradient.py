@@ -70,11 +70,11 @@ def test_no_decoded_candidate_ever_violates_neutrality():
         P = len(s.template.patterns)
         decoded = set()
         for scale in (0.1, 1.0, 10.0):
-            params = s._init_params(512, gen)
+            params = s.candidates.init_params(512, gen)
             params = {k: scale * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
             params["patterns"][:P] = 0.0
             params["patterns"][torch.arange(P), torch.arange(P)] = 1.0  # every pattern chosen at least once
-            rows, X, patterns = s.decode(params)
+            rows, X, patterns = s.candidates.decode(params)
             for row, p in zip(rows, patterns):
                 states = s.template.patterns.states[p]
                 choice = {**row}
@@ -92,16 +92,16 @@ def test_annealing_makes_every_site_one_hot():
     s = perovskite_strategy(n_candidates=64, steps=60)
     assert abs(s.temperature(0) - 1.0) < 1e-12 and abs(s.temperature(59) - 0.01) < 1e-12
     s._scale = s._scales(toy_history())
-    s._model = DeepEnsemble(epochs=50).fit(torch.stack([s._features(o.inputs) for o in toy_history()]),
+    s._model = DeepEnsemble(epochs=50).fit(torch.stack([s.candidates.features(o.inputs) for o in toy_history()]),
                                            torch.tensor([[o.values["lattice_a"], o.values["reaction_energy"]]
                                                          for o in toy_history()]))
     s._model_outputs = ["lattice_a", "reaction_energy"]
     params, _ = s.optimize()
-    relaxed = s.relax(params, s.temperature(s.steps - 1))
+    relaxed = s.candidates.relax(params, s.temperature(s.steps - 1))
     assert relaxed["dist"].max(-1).values.min() > 0.99
     assert relaxed["pattern_weights"].max(-1).values.min() > 0.99
     # and the relaxed features agree with the decoded one-hot ones
-    _, X, _ = s.decode(params)
+    _, X, _ = s.candidates.decode(params)
     assert (relaxed["features"] - X).abs().max() < 0.02
 
 
@@ -109,13 +109,13 @@ def test_tolerance_factor_in_closed_form():
     s = perovskite_strategy()
     P = len(s.template.patterns)
     # SrTiO3 (pattern +2/+4/−2): Shannon radii give t ≈ 1.00; BaTiO3 ≈ 1.06
-    params = s._init_params(2, torch.Generator().manual_seed(0))
+    params = s.candidates.init_params(2, torch.Generator().manual_seed(0))
     params = {k: torch.zeros_like(v) for k, v in params.items()}
     params["logits"][0, 0, A.index("Sr")] = params["logits"][0, 1, B.index("Ti")] = 5.0
     params["logits"][1, 0, A.index("Ba")] = params["logits"][1, 1, B.index("Ti")] = 5.0
     pattern = [tuple(p) for p in s.template.patterns.states].index((2, 4, -2))
     params["patterns"][:, pattern] = 5.0
-    tf = s._tolerance_factor(s.relax(params, 0.01))
+    tf = s.candidates.tolerance_factor(s.candidates.relax(params, 0.01))
     assert abs(float(tf[0]) - 1.00) < 0.01 and abs(float(tf[1]) - 1.06) < 0.01
     assert P == 3
 
