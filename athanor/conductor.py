@@ -231,8 +231,9 @@ class Conductor:
         try:
             command = OperatorCommand.model_validate(raw)
             found = problems(command, self.store.samples(), self.spec)
-        except ValidationError as exc:
-            command, found = None, [f"malformed command {raw!r}: {error_line(exc)}"]
+        except Exception as exc:  # noqa: BLE001 -- a bad command is refused; it must not stop the lab, or come back
+            what = "malformed command" if isinstance(exc, ValidationError) else "cannot check the command"
+            command, found = None, [f"{what} {raw!r}: {error_line(exc)}"]
         if command is None or found:
             self._log(Fault(**self._env(raw.get("sample_id")), step="operator", fatal_for_sample=False,
                             error=f"ignored {raw.get('action')!r} from {raw.get('user')!r}: {'; '.join(found)}"))

@@ -284,7 +284,7 @@ def test_plan_report_is_json_and_planners_know_nothing_of_worlds():
     assert len(report) == 3 and [r["details"]["rank"] for r in report] == [1, 2, 3]
     assert json.loads(json.dumps(report)) == report
     assert [r["score"] for r in report] == sorted((r["score"] for r in report), reverse=True)
-    for name in ("synthesis.py", "precursors.py"):
+    for name in ("synthesis.py", "reactions.py", "precursors.py"):
         tree = ast.parse((ROOT / "planners" / name).read_text(encoding="utf-8"))
         imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
