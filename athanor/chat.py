@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Union
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import StructuredTool
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from athanor import commands
 from athanor.chat_model import make_model
@@ -35,7 +35,7 @@ from athanor.store import MEASURED, Store
 CHANNEL = "chat"
 TRANSCRIPT = "chat-transcript.jsonl"
 MAX_ROUNDS = 5
-SampleRef = Union[str, int]
+SampleRef = Union[StrictStr, StrictInt]  # strict: `true` is no sample id
 
 
 class Refused(AthanorError):
@@ -67,12 +67,12 @@ class RejectArgs(_Args):
 
 class EditArgs(_Args):
     sample_id: SampleRef = Field(description="the sample to edit (S0003 or 3)")
-    inputs: dict[str, Union[float, int, str]] = Field(description="new values of inputs, by input name")
+    inputs: dict[str, Union[StrictFloat, StrictInt, StrictStr]] = Field(description="new values of inputs, by input name")
     reason: str = Field(default="", description="why it is edited")
 
 
 class BatchSizeArgs(_Args):
-    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE, description="proposals per design request from now on")
+    batch_size: StrictInt = Field(ge=1, le=MAX_BATCH_SIZE, description="proposals per design request from now on")
 
 
 # --- the session ------------------------------------------------------------------------------
@@ -111,8 +111,9 @@ class ChatSession:
                  "nearest measured neighbours, recipe and hazards."),
             tool(self._approve, ApproveArgs, "Approve candidates awaiting approval (sample_ids, or all_pending=true)."),
             tool(self._reject, RejectArgs, "Reject one candidate awaiting approval, with a reason."),
-            tool(self._edit, EditArgs, "Change some inputs of a candidate awaiting approval and approve it; the new "
-                 "inputs are checked against the design space and the candidate is planned again."),
+            tool(self._edit, EditArgs, "Revise a candidate awaiting approval: change some of its inputs. The new "
+                 "inputs are checked against the design space; the revised candidate is planned again and judged "
+                 "again by the campaign's approval policy."),
             tool(self._pause, NoArgs, "Pause the campaign: steps under way finish, nothing new starts."),
             tool(self._resume, NoArgs, "Resume a paused campaign."),
             tool(self._set_batch_size, BatchSizeArgs, "Set how many candidates the designer proposes at a time."),
@@ -150,6 +151,7 @@ class ChatSession:
         if posted:
             lines.append("decisions waiting for the conductor: " + ", ".join(f"{a} {i}" for i, a in posted.items()))
         lines += ["  " + decision_line(a) for a in self.store.approvals() if a["channel"] != "policy"][-5:]
+        lines += [f"  refused: {f.error}" for f in self.store.events(kind="fault") if f.step == "operator"][-3:]
         return "\n".join(lines)
 
     def _prediction_text(self, candidate: dict[str, Any]) -> str:
@@ -259,8 +261,8 @@ class ChatSession:
                                 channel=CHANNEL, transcript=self._link())
         except AthanorError as exc:
             raise Refused(f"edit of {sample['id']} refused, nothing changed: {exc}") from None
-        return (f"edited and approved {sample['id']} as {self.user} via chat: {inputs_text(new)} "
-                "(the conductor logs the decision; the candidate is planned again)")
+        return (f"revised {sample['id']} as {self.user} via chat: {inputs_text(new)}; it is planned again and "
+                f"judged again by the '{self.spec.approval.policy}' policy (the conductor logs the decision)")
 
     def _pause(self) -> str:
         commands.control(self.store, self.spec, "pause", self.user, CHANNEL, transcript=self._link())

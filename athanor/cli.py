@@ -26,6 +26,8 @@ def _run(args: argparse.Namespace) -> int:
     store, spec = prepare(args.config, args.out, resume=args.resume, seed=args.seed,
                           max_experiments=args.max_experiments, approval=args.approval,
                           ray_address=args.ray_address, wall_time_s=args.wall_time)
+    if store.controls()["paused"]:
+        print(f"{spec.campaign} is paused: nothing starts until `athanor unpause {args.out}`", file=sys.stderr)
     bar = tqdm(total=spec.budget.experiments, desc=spec.campaign, unit="exp", disable=args.quiet or None)
 
     def on_progress(samples: list[dict[str, Any]]) -> None:
@@ -69,7 +71,8 @@ def _status(args: argparse.Namespace) -> int:
               "paused": controls["paused"], "batch_size": controls["batch_size"] or spec.batch_size,
               "states": dict(states), "awaiting_approval": [s["id"] for s in samples if s["awaiting_approval"]],
               "waiting_because": {s["id"]: asked.get(s["id"], "") for s in samples if s["awaiting_approval"]},
-              "approvals": store.approvals(), "best": summary["best"], "wall_s": summary["wall_s"]}
+              "approvals": store.approvals(), "best": summary["best"], "wall_s": summary["wall_s"],
+              "refused_commands": [f.error for f in store.events(kind="fault") if f.step == "operator"]}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -81,6 +84,8 @@ def _status(args: argparse.Namespace) -> int:
     for a in report["approvals"]:
         if a["channel"] != "policy":
             print("  " + decision_line(a))
+    for refusal in report["refused_commands"]:
+        print(f"  refused: {refusal}")
     if summary["best"]:
         print(f"best: {summary['best']['sample_id']} {summary['best']['objectives']}")
     return 0
@@ -104,7 +109,7 @@ def _edit(args: argparse.Namespace) -> int:
     store, spec = open_run(args.dir)
     new = edit(store, spec, args.sample_id, _parse_settings(args.changes, "NAME=VALUE"), current_user(args.user, spec),
                args.reason or "")
-    print(f"edited and approved {args.sample_id}: {inputs_text(new)} (the conductor logs the decision)")
+    print(f"revised {args.sample_id}: {inputs_text(new)}; it is planned and judged again (the conductor logs it)")
     return 0
 
 
@@ -226,7 +231,7 @@ def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
     reject.add_argument("--user")
     reject.set_defaults(func=lambda a: _decide(a, False))
 
-    edit = sub.add_parser("edit", help="change inputs of a waiting proposal and approve it")
+    edit = sub.add_parser("edit", help="revise a waiting proposal's inputs (it is planned and judged again)")
     edit.add_argument("dir")
     edit.add_argument("sample_id", metavar="SAMPLE_ID")
     edit.add_argument("changes", nargs="+", metavar="NAME=VALUE")
@@ -262,7 +267,8 @@ def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat with a stored campaign (approve, reject, edit, explain, pause)")
     chat.add_argument("dir", help="the campaign's run folder")
     chat.add_argument("--message", "-m", help="send one message, print the reply and exit")
-    chat.add_argument("--user", help="who decides (default: $ATHANOR_USER or the login name)")
+    chat.add_argument("--user", help="who decides (default: $ATHANOR_USER, the campaign's approval.operator, "
+                                     "or the login name)")
     chat.set_defaults(func=_chat)
 
     world = sub.add_parser("world", help="simulated worlds")

@@ -14,15 +14,26 @@ import math
 import os
 from typing import Any, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError, field_validator
 
 from athanor.errors import AthanorError
-from athanor.messages import InputValue
 from athanor.pool import find_row, pool_inputs
 from athanor.spec import Campaign, CategoricalParameter, ContinuousParameter, IntegerParameter
 from athanor.store import Store
 
 MAX_BATCH_SIZE = 64
+# Strict: `true` is no number and 3 no sample id, whatever a client or a model sends.
+StrictInput = StrictFloat | StrictInt | StrictStr
+
+
+class TranscriptLink(BaseModel):
+    """Where the conversation that led to a decision is: chat session, transcript file, the words."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    session: str = Field(min_length=1, max_length=64)
+    file: str = Field(default="", max_length=200)
+    operator_message: str = Field(max_length=4000)
 
 
 class OperatorCommand(BaseModel):
@@ -31,13 +42,20 @@ class OperatorCommand(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     action: Literal["approve", "reject", "edit", "pause", "resume", "batch_size"]
-    user: str = Field(min_length=1)
+    user: StrictStr = Field(min_length=1, max_length=100)
     channel: Literal["cli", "chat", "web"] = "cli"
-    sample_id: str | None = None
-    reason: str = ""
-    inputs: dict[str, InputValue] | None = None  # edit: the complete new inputs
-    batch_size: int | None = None
-    transcript: dict[str, Any] = {}
+    sample_id: StrictStr | None = Field(default=None, max_length=64)
+    reason: StrictStr = Field(default="", max_length=2000)
+    inputs: dict[StrictStr, StrictInput] | None = None  # edit: the complete new inputs
+    batch_size: StrictInt | None = None
+    transcript: TranscriptLink | None = None
+
+    @field_validator("user")
+    @classmethod
+    def _not_a_policy(cls, user: str) -> str:
+        if user.strip().lower().startswith("policy:"):
+            raise ValueError("names starting with 'policy:' are the approval policy's own")
+        return user.strip()
 
 
 def current_user(explicit: str | None = None, spec: Campaign | None = None) -> str:
@@ -92,6 +110,10 @@ def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
 def problems(command: OperatorCommand, samples: Sequence[dict[str, Any]], spec: Campaign) -> list[str]:
     """Why this command cannot be carried out against these samples (empty: it can)."""
     out: list[str] = []
+    needs = {"sample_id": command.action in ("approve", "reject", "edit"), "inputs": command.action == "edit",
+             "batch_size": command.action == "batch_size"}
+    out += [f"{field} does not go with {command.action}" for field, wanted in needs.items()
+            if not wanted and getattr(command, field) is not None]
     if command.action in ("approve", "reject", "edit"):
         sample = next((s for s in samples if s["id"] == command.sample_id), None)
         if sample is None:
@@ -155,7 +177,7 @@ def post(store: Store, spec: Campaign, commands: Sequence[OperatorCommand]) -> N
 def posted_decisions(store: Store) -> dict[str, str]:
     """Decisions in the inbox that the conductor has not carried out yet: sample id -> action."""
     return {c["sample_id"]: c["action"] for _, c in store.pending_commands()
-            if c.get("action") in ("approve", "reject", "edit") and c.get("sample_id")}
+            if isinstance(c, dict) and c.get("action") in ("approve", "reject", "edit") and c.get("sample_id")}
 
 
 def decide(store: Store, spec: Campaign, sample_ids: Sequence[str], approve: bool, user: str, reason: str = "",
@@ -163,20 +185,23 @@ def decide(store: Store, spec: Campaign, sample_ids: Sequence[str], approve: boo
     """Approve or reject every sample, or none if any is not awaiting approval."""
     if not sample_ids:
         raise AthanorError("name at least one sample")
+    sample_ids = list(dict.fromkeys(sample_ids))
     post(store, spec, [_command(action="approve" if approve else "reject", user=user, channel=channel,
-                                sample_id=i, reason=reason, transcript=dict(transcript or {})) for i in sample_ids])
-    return list(sample_ids)
+                                sample_id=i, reason=reason, transcript=transcript) for i in sample_ids])
+    return sample_ids
 
 
 def edit(store: Store, spec: Campaign, sample_id: str, changes: Mapping[str, Any], user: str, reason: str = "",
          channel: str = "cli", transcript: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Approve a proposal with some inputs changed; returns the complete new inputs."""
+    """Revise a proposal: these inputs instead of the designer's. The revised proposal is planned again
+    and judged again by the campaign's policy (so its new recipe is shown and checked); returns the
+    complete new inputs."""
     sample = store.sample(sample_id)
     if sample is None:
         raise AthanorError(f"no sample {sample_id!r} in this campaign")
     inputs = {**sample["inputs"], **changes}
     post(store, spec, [_command(action="edit", user=user, channel=channel, sample_id=sample_id, reason=reason,
-                                inputs=inputs, transcript=dict(transcript or {}))])
+                                inputs=inputs, transcript=transcript)])
     return inputs
 
 
@@ -184,12 +209,16 @@ def control(store: Store, spec: Campaign, action: str, user: str, channel: str =
             batch_size: int | None = None, transcript: Mapping[str, Any] | None = None) -> None:
     """Pause, resume, or set the batch size of the campaign."""
     post(store, spec, [_command(action=action, user=user, channel=channel, batch_size=batch_size,
-                                transcript=dict(transcript or {}))])
+                                transcript=transcript)])
+
+
+def describe(exc: ValidationError) -> str:
+    """A validation error as one line: every field with its problem."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'command'}: {e['msg']}" for e in exc.errors())
 
 
 def _command(**fields: Any) -> OperatorCommand:
     try:
         return OperatorCommand(**fields)
     except ValidationError as exc:
-        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise AthanorError(f"malformed command: {problem}") from None
+        raise AthanorError(f"malformed command: {describe(exc)}") from None

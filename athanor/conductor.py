@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable
 from pydantic import ValidationError
 
 from athanor.approval import rule_failures
-from athanor.commands import OperatorCommand, pool_row, problems
+from athanor.commands import OperatorCommand, describe, pool_row, problems
 from athanor.messages import (
     ApprovalDecision,
     ApprovalRequest,
@@ -61,6 +61,7 @@ class Conductor:
         self._started = time.monotonic()
         self._asked: dict[str, float] = {}  # sample id -> when its approval request was logged
         self.paused = False
+        self._paused_since = time.monotonic()
         self.batch_size = spec.batch_size
 
     # --- the loop ---------------------------------------------------------------------------
@@ -161,9 +162,10 @@ class Conductor:
                 **self._env(), step="design", error=f"designer answered {reply.kind}", fatal_for_sample=False))
             self.stop_reason, self.status_if_stopped = "the designer failed", "failed"
             return
-        self._register(reply, samples)
+        self._register(reply)
 
-    def _register(self, proposal: DesignProposal, samples: list[dict[str, Any]]) -> None:
+    def _register(self, proposal: DesignProposal) -> None:
+        samples = self.store.samples()  # as they are now: an operator's edit may have claimed a pool row meanwhile
         claimed = {s["pool_index"] for s in samples if s["pool_index"] is not None and s["state"] != "rejected"}
         candidates = []
         for c in proposal.candidates:
@@ -192,6 +194,8 @@ class Conductor:
                 self._log(ApprovalDecision(**env, approved=True, decided_by="policy:auto", channel="policy"))
                 continue
             reasons = ["every proposal waits for an operator"]
+            if s["candidate"].get("edited_from"):
+                reasons = ["revised by an operator: the revised candidate and its new recipe wait for approval"]
             if approval.policy == "rules":
                 seen = [x for x in samples if x["batch"] <= s["batch"] - self.spec.parallel_batches]
                 reasons = rule_failures(s["candidate"], seen, approval.rules, self.spec.objectives[0].name, s["recipe"])
@@ -227,30 +231,40 @@ class Conductor:
             self._carry_out(raw)
             self.store.consume(command_id)
 
-    def _carry_out(self, raw: dict[str, Any]) -> None:
+    def _carry_out(self, raw: Any) -> None:
         try:
             command = OperatorCommand.model_validate(raw)
             found = problems(command, self.store.samples(), self.spec)
         except Exception as exc:  # noqa: BLE001 -- a bad command is refused; it must not stop the lab, or come back
+            why = describe(exc) if isinstance(exc, ValidationError) else error_line(exc)
             what = "malformed command" if isinstance(exc, ValidationError) else "cannot check the command"
-            command, found = None, [f"{what} {raw!r}: {error_line(exc)}"]
+            command, found = None, [f"{what} {str(raw)[:300]}: {why}"]
         if command is None or found:
-            self._log(Fault(**self._env(raw.get("sample_id")), step="operator", fatal_for_sample=False,
-                            error=f"ignored {raw.get('action')!r} from {raw.get('user')!r}: {'; '.join(found)}"))
+            fields = raw if isinstance(raw, dict) else {}
+            sample_id = command.sample_id if command is not None and self.store.sample(command.sample_id or "") else None
+            self._log(Fault(**self._env(sample_id), step="operator", fatal_for_sample=False,
+                            error=f"ignored {str(fields.get('action'))[:40]!r} from {str(fields.get('user'))[:100]!r}: "
+                                  f"{'; '.join(found)}"))
             return
+        transcript = command.transcript.model_dump() if command.transcript else {}
         if command.action in ("approve", "reject", "edit"):
+            edit = command.action == "edit"
             self._log(ApprovalDecision(**self._env(command.sample_id), approved=command.action != "reject",
                                        decided_by=command.user, channel=command.channel, reason=command.reason,
-                                       edited_inputs=command.inputs if command.action == "edit" else None,
-                                       edited_pool_index=pool_row(self.spec, command.inputs or {})
-                                       if command.action == "edit" else None,
-                                       transcript=command.transcript))
+                                       edited_inputs=command.inputs if edit else None,
+                                       edited_pool_index=pool_row(self.spec, command.inputs or {}) if edit else None,
+                                       transcript=transcript))
             return
-        detail: dict[str, Any] = {"by": command.user, "channel": command.channel, "transcript": command.transcript}
+        detail: dict[str, Any] = {"by": command.user, "channel": command.channel, "transcript": transcript}
         if command.action == "batch_size":
             self.batch_size = detail["batch_size"] = command.batch_size
             event = "batch_size_set"
         else:
+            if self.paused and command.action == "resume":  # time paused does not count toward approval timeouts
+                held = time.monotonic() - self._paused_since
+                self._asked = {k: v + held for k, v in self._asked.items()}
+            if command.action == "pause" and not self.paused:
+                self._paused_since = time.monotonic()
             self.paused = command.action == "pause"
             event = "paused" if self.paused else "unpaused"
         self._log(CampaignEvent(**self._env(), event=event, detail=detail))

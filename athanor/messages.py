@@ -98,7 +98,7 @@ class ApprovalDecision(Envelope):
     decided_by: str
     channel: Literal["policy", "cli", "chat", "web"]
     reason: str = ""
-    edited_inputs: dict[str, InputValue] | None = None  # an operator's edit: run these inputs instead
+    edited_inputs: dict[str, InputValue] | None = None  # an operator's revision: planned and judged again
     edited_pool_index: int | None = None  # in a pool space, the row those inputs are
     transcript: dict[str, Any] = {}  # from the chat: session, transcript file, the operator's words
 

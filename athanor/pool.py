@@ -23,6 +23,8 @@ def load_pool(path: str | Path, inputs: list[str], outputs: list[str]) -> pd.Dat
         table = pd.read_csv(path, encoding="utf-8-sig")
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise AthanorError(f"{path}: cannot read it as CSV: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise AthanorError(f"{path}: cannot read the dataset: {exc.strerror or exc}") from None
     missing = [c for c in [*inputs, *outputs] if c not in table.columns]
     if missing:
         raise AthanorError(f"{path}: no column {', '.join(map(repr, missing))}")

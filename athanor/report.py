@@ -139,9 +139,10 @@ def decision_line(a: Mapping[str, Any]) -> str:
     """One operator decision as `athanor status` and the chat show it."""
     verdict = "approved" if a["approved"] else f"rejected ({a['reason']})"
     if a.get("edited_inputs"):
-        verdict = f"edited to {inputs_text(a['edited_inputs'])} and approved" + (f" ({a['reason']})" if a["reason"] else "")
-    said = (a.get("transcript") or {}).get("operator_message")
-    link = f" [chat session {a['transcript']['session']}: {said!r}]" if said else ""
+        verdict = f"revised to {inputs_text(a['edited_inputs'])}" + (f" ({a['reason']})" if a["reason"] else "")
+    transcript = a.get("transcript") or {}
+    said = transcript.get("operator_message")
+    link = f" [chat session {transcript.get('session', '?')}: {said!r}]" if said else ""
     return f"{a['sample_id']} {verdict} by {a['decided_by']} via {a['channel']} at {a['decided_at']}{link}"
 
 

@@ -238,9 +238,10 @@ class ApprovalSpec(_Strict):
     rules: ApprovalRules = ApprovalRules()
     timeout_s: float | None = Field(default=None, gt=0, description="how long a proposal waits for an operator")
     default: Literal["approve", "reject"] = Field(default="reject", description="what happens when it times out")
-    max_waiting: int | None = Field(default=None, ge=1, description="proposals that may wait for an operator at "
-                                    "once (default: batch_size × parallel_batches); the lab runs approved work "
-                                    "meanwhile and the designer is asked for more while fewer wait")
+    max_waiting: int | None = Field(default=None, ge=1, description="the designer is asked for more only while "
+                                    "fewer proposals than this are undecided (default: the batch size × "
+                                    "parallel_batches; a batch can take the count past it); approved work runs "
+                                    "meanwhile")
     operator: str | None = Field(default=None, description="who decides when neither --user nor ATHANOR_USER says")
     chat_model: str | None = Field(default=None, description="'provider:model' for the chat through LangChain's "
                                    "init_chat_model (ATHANOR_CHAT_MODEL overrides); unset: the built-in model")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timezone
 from typing import Any, Iterable
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
@@ -44,8 +44,8 @@ from athanor.tables import (
 
 # The lifecycle of a sample. `failed` and `rejected` are terminal and kept: negative results are data.
 # A proposal that waits for an operator is planned first (its recipe shown with it, and judged by the
-# approval rules) and goes from `proposed` straight to `planned` when approved; an edit sends it to
-# `approved`, to be planned again.
+# approval rules) and goes from `proposed` straight to `planned` when approved; an operator's edit
+# keeps it `proposed` with new inputs, to be planned and judged again.
 TRANSITIONS: dict[str, set[str]] = {
     "proposed": {"approved", "planned", "rejected", "failed"},
     "approved": {"planned", "failed"},
@@ -61,6 +61,19 @@ MEASURED = {"characterized", "learned"}
 
 
 DERIVED = (ApprovalRow, MeasurementRow, SampleRow)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added to a table since a store was created (all nullable): a run folder written by an
+    earlier version opens, resumes and rebuilds. `create_all` makes missing tables, not columns."""
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -89,6 +102,7 @@ class Store:
         try:
             self.engine = make_engine(url)
             Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except Exception as exc:  # noqa: BLE001 -- any driver error becomes one clear line
             raise AthanorError(f"cannot open the store at {url}: {exc}") from None
 
@@ -246,7 +260,7 @@ class Store:
                 row.consumed_at = now
             return [dict(r.command) for r in rows]
 
-    def pending_commands(self) -> list[tuple[int, dict[str, Any]]]:
+    def pending_commands(self) -> list[tuple[int, Any]]:
         """Unconsumed commands with their ids, left in the inbox until `consume`."""
         with Session(self.engine) as s:
             rows = s.scalars(
@@ -254,7 +268,7 @@ class Store:
                 .where(InboxRow.campaign_id == self.campaign_id, InboxRow.consumed_at.is_(None))
                 .order_by(InboxRow.id)
             ).all()
-            return [(r.id, dict(r.command)) for r in rows]
+            return [(r.id, r.command) for r in rows]  # as stored: the conductor refuses what is not a command
 
     def consume(self, command_id: int) -> None:
         with Session(self.engine) as s, s.begin():
@@ -318,10 +332,12 @@ def _apply(s: Session, m: Message) -> None:
     elif isinstance(m, ApprovalRequest):
         _move(s, m.campaign_id, m.sample_id, "proposed", stay=True, awaiting_approval=True)
     elif isinstance(m, ApprovalDecision):
-        row = _move(s, m.campaign_id, m.sample_id, "rejected" if not m.approved else "approved"
-                    if m.edited_inputs is not None or _row(s, m).recipe is None else "planned",
-                    awaiting_approval=False, error=None if m.approved else f"rejected by {m.decided_by}: {m.reason}")
-        if m.approved and m.edited_inputs is not None:  # the prediction was for the designer's inputs, not these
+        revised = m.approved and m.edited_inputs is not None
+        state = "rejected" if not m.approved else "proposed" if revised else "approved" if _row(s, m).recipe is None \
+            else "planned"
+        row = _move(s, m.campaign_id, m.sample_id, state, stay=revised, awaiting_approval=False,
+                    error=None if m.approved else f"rejected by {m.decided_by}: {m.reason}")
+        if revised:  # planned and judged again; the prediction was for the designer's inputs, not these
             row.candidate = {**row.candidate, "inputs": dict(m.edited_inputs), "edited_from": row.inputs,
                              "pool_index": m.edited_pool_index, "predicted": {}, "acquisition_value": None}
             row.inputs, row.pool_index, row.recipe = dict(m.edited_inputs), m.edited_pool_index, None

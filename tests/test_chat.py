@@ -115,7 +115,7 @@ def test_edit_is_validated_then_posted_with_the_transcript_link(run_dir):
     assert "unknown input(s) Bi" in session.send("edit 3 Bi=0.1")
     assert inbox(run_dir) == []
     out = session.send("edit 3 Sn=0.7 Pb=0.3")
-    assert "edited and approved S0003" in out and "Sn=0.7, Pb=0.3" in out
+    assert "revised S0003" in out and "Sn=0.7, Pb=0.3" in out and "judged again by the 'always' policy" in out
     (command,) = inbox(run_dir)
     assert command["action"] == "edit" and command["user"] == "ada" and command["channel"] == "chat"
     assert command["inputs"] == {"temperature": 360.0, "Sn": 0.7, "Pb": 0.3, "Ge": 0.0}
@@ -160,6 +160,9 @@ def test_scripted_model_approves_rejects_and_explains(run_dir):
     (call("set_batch_size", {"batch_size": 0}), "malformed arguments for set_batch_size"),
     (call("set_batch_size", {"batch_size": "four"}), "malformed arguments for set_batch_size"),
     (call("pause", {"now": True}), "malformed arguments for pause"),
+    (call("approve", {"sample_ids": [True]}), "malformed arguments for approve"),
+    (call("edit", {"sample_id": "S0003", "inputs": {"Sn": True, "Pb": False}}), "malformed arguments for edit"),
+    (call("set_batch_size", {"batch_size": True}), "malformed arguments for set_batch_size"),
 ])
 def test_scripted_bad_calls_are_refused(run_dir, bad_call, expected):
     model = scripted(AIMessage(content="", tool_calls=[bad_call]), AIMessage(content="sorry"))

@@ -52,11 +52,18 @@ def test_the_conductor_carries_out_edits_and_controls_and_refuses_the_rest(run_d
     store.post_command({"action": "approve", "sample_id": "S0003", "user": "eve"})  # decided by then
     store.post_command({"action": "launch", "user": "eve"})
     store.post_command({"action": "edit", "sample_id": "S0005", "user": "eve", "inputs": {"Sn": 2.0}})
+    store.post_command(["approve", "S0005"])  # not a command at all
+    store.post_command({"action": "approve", "sample_id": 5, "user": "eve"})  # no sample id
+    store.post_command({"action": "approve", "sample_id": "S0005", "user": "policy:auto"})  # posing as the policy
+    store.post_command({"action": "approve", "sample_id": "S0005", "user": "eve", "batch_size": 2})
+    store.post_command({"action": "approve", "sample_id": "S0005", "user": "eve", "transcript": {"words": "ok"}})
     c._consume_inbox()
 
     assert store.pending_commands() == []
     edited, approved = store.sample("S0003"), store.sample("S0004")
-    assert (edited["state"], edited["inputs"], edited["recipe"]) == ("approved", NEW, None)  # planned again
+    # revised: proposed again, to be planned and judged again
+    assert (edited["state"], edited["awaiting_approval"], edited["inputs"], edited["recipe"]) == (
+        "proposed", False, NEW, None)
     assert edited["candidate"]["edited_from"] == {"temperature": 360.0, "Sn": 0.75, "Pb": 0.25, "Ge": 0.0}
     assert edited["candidate"]["predicted"] == {}  # the prediction was for the designer's inputs
     assert approved["state"] == "planned"  # its recipe was planned before approval
@@ -65,10 +72,15 @@ def test_the_conductor_carries_out_edits_and_controls_and_refuses_the_rest(run_d
     assert decision["transcript"]["operator_message"] == "edit 3 Sn=0.7 Pb=0.3"
     assert (c.paused, c.batch_size) == (True, 5) and store.controls() == {"paused": True, "batch_size": 5}
     faults = [e.error for e in store.events(kind="fault")]
-    assert len(faults) == 3
-    assert "ignored 'approve' from 'eve': sample S0003 is approved, not awaiting approval" in faults[0]
+    assert len(faults) == 8
+    assert "ignored 'approve' from 'eve': sample S0003 is proposed, not awaiting approval" in faults[0]
     assert "ignored 'launch'" in faults[1] and "malformed command" in faults[1]
     assert "edit of S0005: Sn=2.0 is outside" in faults[2] and "missing input(s)" in faults[2]
+    assert "malformed command ['approve', 'S0005']" in faults[3]
+    assert "sample_id: Input should be a valid string" in faults[4]
+    assert "names starting with 'policy:' are the approval policy's own" in faults[5]
+    assert "batch_size does not go with approve" in faults[6]
+    assert "transcript.session: Field required" in faults[7]
     assert store.sample("S0005")["awaiting_approval"]
 
     before = store.samples()
@@ -87,6 +99,40 @@ def test_a_resumed_conductor_keeps_what_operators_set(run_dir):
     assert events == [("paused", "ada", "cli"), ("batch_size_set", "ada", "cli"), ("unpaused", "ada", "cli")]
 
 
+def test_time_paused_does_not_count_toward_approval_timeouts(run_dir):
+    import time
+
+    store, spec = open_run(run_dir)
+    spec = spec.model_copy(update={"approval": spec.approval.model_copy(update={"timeout_s": 0.5})})
+    c = Conductor(spec, store, agents=None)
+    assert not c._expire(store.samples())  # the clocks start
+    commands.control(store, spec, "pause", "ada")
+    c._consume_inbox()
+    time.sleep(0.8)
+    assert not c._expire(store.samples())  # paused: nothing expires
+    commands.control(store, spec, "resume", "ada")
+    c._consume_inbox()
+    assert not c._expire(store.samples())  # and the pause does not count afterwards
+    time.sleep(0.6)
+    assert c._expire(store.samples()) and store.sample("S0003")["state"] == "rejected"
+
+
+def test_a_store_written_before_a_column_was_added_opens_and_rebuilds(run_dir):
+    import sqlite3
+
+    from athanor.store import Store
+    with sqlite3.connect(run_dir / "campaign.db") as db:  # as an earlier version left it
+        db.execute("ALTER TABLE approvals DROP COLUMN edited_inputs")
+        db.execute("ALTER TABLE approvals DROP COLUMN transcript")
+    store = Store(f"sqlite:///{run_dir}/campaign.db", "chat-test-0001")
+    store.rebuild()
+    assert [a["sample_id"] for a in store.approvals()] == ["S0001", "S0002"]
+    _, spec = open_run(run_dir)
+    commands.edit(store, spec, "S0003", {"Sn": 0.7, "Pb": 0.3}, "ada")
+    Conductor(spec, store, agents=None)._consume_inbox()
+    assert store.approvals()[-1]["edited_inputs"]["Sn"] == 0.7
+
+
 def test_current_user_precedence(run_dir, monkeypatch):
     _, spec = open_run(run_dir)
     configured = spec.model_copy(update={"approval": spec.approval.model_copy(update={"operator": "lab-lead"})})
@@ -101,7 +147,11 @@ def test_cli_edit_pause_and_batch_size(run_dir, capsys):
     from athanor.cli import main
 
     assert main(["edit", str(run_dir), "S0005", "Pb=0.3", "Sn=0.7", "--user", "ada", "--reason", "less Pb"]) == 0
-    assert "edited and approved S0005: temperature=580, Sn=0.7, Pb=0.3, Ge=0" in capsys.readouterr().out
+    assert "revised S0005: temperature=580, Sn=0.7, Pb=0.3, Ge=0; it is planned and judged again" in capsys.readouterr().out
+    assert main(["edit", str(run_dir), "S0004", "Pb=true", "Sn=0.7"]) == 2  # true is no number
+    assert "inputs.Pb" in capsys.readouterr().err
+    assert main(["approve", str(run_dir), "S0003", "--user", "policy:auto"]) == 2
+    assert "the approval policy's own" in capsys.readouterr().err
     assert main(["edit", str(run_dir), "S0004", "Pb"]) == 2
     assert "'Pb': expected NAME=VALUE" in capsys.readouterr().err
     assert main(["batch-size", str(run_dir), "70"]) == 2

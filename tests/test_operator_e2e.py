@@ -96,11 +96,11 @@ def test_scripted_operator_edits_pauses_and_resizes_a_running_campaign(tmp_path,
             AIMessage(content="Paused; S0001 edited to Fe70Co30 and approved; S0002 approved."),
         ])
         assert chat_once(out, "pause, move 1 to Fe70Co30, approve 2", user="carol", model=operator).startswith("Paused")
-        wait_for(lambda: state(out)["S0002"]["state"] == "planned" and state(out)["S0001"]["state"] == "approved",
+        wait_for(lambda: state(out)["S0002"]["state"] == "planned" and state(out)["S0001"]["inputs"]["Fe"] == 0.7,
                  "both decisions logged")
-        time.sleep(1.5)  # paused: neither approved sample may move on
+        time.sleep(1.5)  # paused: the revised S0001 is not planned again, the approved S0002 not made
         now = state(out)
-        assert (now["S0001"]["state"], now["S0002"]["state"]) == ("approved", "planned")
+        assert (now["S0001"]["state"], now["S0001"]["recipe"], now["S0002"]["state"]) == ("proposed", None, "planned")
         assert now["S0001"]["inputs"] == {"Fe": 0.7, "Co": 0.3} and now["S0001"]["candidate"]["edited_from"] == original
 
         resize = FakeMessagesListChatModel(responses=[
@@ -118,8 +118,12 @@ def test_scripted_operator_edits_pauses_and_resizes_a_running_campaign(tmp_path,
     s1 = store.sample("S0001")
     assert s1["state"] == "learned" and s1["recipe"]["inputs"] == {"Fe": 0.7, "Co": 0.3}
     assert s1["values"]["magnetic_moment"] > 2.0  # bcc Fe70Co30 sits near the Slater-Pauling peak
-    edit = next(a for a in store.approvals() if a["sample_id"] == "S0001")
+    edit, approval = [a for a in store.approvals() if a["sample_id"] == "S0001"]
     assert edit["edited_inputs"] == {"Fe": 0.7, "Co": 0.3} and edit["decided_by"] == "carol"
+    # the revised candidate came back, with its new recipe, for an operator's approval (policy `always`)
+    assert approval["decided_by"] == "dan" and approval["approved"] and approval["edited_inputs"] is None
+    asked = [e.reason for e in store.events("S0001", "approval_request")]
+    assert len(asked) == 2 and asked[1].startswith("revised by an operator")
     assert edit["reason"] == "closer to the Slater-Pauling peak" and edit["channel"] == "chat"
     assert edit["transcript"]["operator_message"] == "pause, move 1 to Fe70Co30, approve 2"
 
@@ -135,7 +139,7 @@ def test_scripted_operator_edits_pauses_and_resizes_a_running_campaign(tmp_path,
 
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "S0001 edited to Fe=0.7, Co=0.3 and approved (closer to the Slater-Pauling peak) by carol via chat" in text
+    assert "S0001 revised to Fe=0.7, Co=0.3 (closer to the Slater-Pauling peak) by carol via chat" in text
     assert "batch size 1" in text and "chat session" in text
 
 
@@ -152,12 +156,14 @@ def test_waiting_proposals_do_not_hold_up_the_lab(tmp_path, ray_address):
         assert main(["edit", str(out), "S0003", *(f"{k}={v}" for k, v in pool.iloc[row][P3HT_INPUTS].items()),
                      "--user", "ada"]) == 0
         assert main(["approve", str(out), "S0004", "--user", "ada"]) == 0
+        wait_for(lambda: (state(out)["S0003"]["recipe"] or {}).get("pool_index") == row
+                 and state(out)["S0003"]["awaiting_approval"], "the revised S0003 back for approval, planned at its row")
+        assert main(["approve", str(out), "S0003", "--user", "ada"]) == 0
         # S0001 and S0002 still wait; the lab runs batch 1 and the designer is asked for batch 2.
         wait_for(lambda: "S0005" in state(out), "a third batch while the first still waits")
-        wait_for(lambda: state(out)["S0004"]["state"] == "learned", "batch 1 measured")
+        wait_for(lambda: state(out)["S0003"]["state"] == state(out)["S0004"]["state"] == "learned", "batch 1 measured")
         now = state(out)
         assert now["S0001"]["awaiting_approval"] and now["S0002"]["awaiting_approval"]
-        assert now["S0003"]["state"] == "learned"
         assert sum(s["state"] == "proposed" for s in now.values()) == 4  # no more than max_waiting undecided
         assert main(["batch-size", str(out), "0", "--user", "ada"]) == 2
     finally:
