@@ -151,7 +151,7 @@ class ChatSession:
         if posted:
             lines.append("decisions waiting for the conductor: " + ", ".join(f"{a} {i}" for i, a in posted.items()))
         lines += ["  " + decision_line(a) for a in self.store.approvals() if a["channel"] != "policy"][-5:]
-        lines += [f"  refused: {f.error}" for f in self.store.events(kind="fault") if f.step == "operator"][-3:]
+        lines += [f"  refused: {error}" for error in self.store.refused_commands()[-3:]]
         return "\n".join(lines)
 
     def _prediction_text(self, candidate: dict[str, Any]) -> str:
@@ -161,7 +161,7 @@ class ChatSession:
 
     def _list_pending(self) -> str:
         posted = posted_decisions(self.store)
-        asked = {e.sample_id: e.reason for e in self.store.events(kind="approval_request")}
+        asked = self.store.waiting_reasons()
         waiting = [s for s in self.store.samples() if s["awaiting_approval"]]
         if not waiting:
             return "no candidates are awaiting approval"

@@ -65,14 +65,13 @@ def _status(args: argparse.Namespace) -> int:
     events = store.events(kind="campaign_event")
     status = events[-1].status if events and events[-1].event == "ended" else "running or interrupted"
     summary = summarize(store, spec, status)
-    controls = store.controls()
-    asked = {e.sample_id: e.reason for e in store.events(kind="approval_request")}
+    controls, asked = store.controls(), store.waiting_reasons()
     report = {"campaign": spec.campaign, "campaign_id": store.campaign_id, "status": status,
               "paused": controls["paused"], "batch_size": controls["batch_size"] or spec.batch_size,
               "states": dict(states), "awaiting_approval": [s["id"] for s in samples if s["awaiting_approval"]],
               "waiting_because": {s["id"]: asked.get(s["id"], "") for s in samples if s["awaiting_approval"]},
               "approvals": store.approvals(), "best": summary["best"], "wall_s": summary["wall_s"],
-              "refused_commands": [f.error for f in store.events(kind="fault") if f.step == "operator"]}
+              "refused_commands": store.refused_commands()}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -76,7 +76,7 @@ def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
         problems.append(f"missing input(s) {', '.join(missing)}")
     if space.pool is not None:
         problems += [f"{name}={inputs[name]!r} is not a finite number" for name in names
-                     if name in inputs and (isinstance(inputs[name], (bool, str)) or not math.isfinite(inputs[name]))]
+                     if name in inputs and not _finite(inputs[name])]
     for p in space.parameters:
         if p.name not in inputs:
             continue
@@ -84,7 +84,7 @@ def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
         if isinstance(p, CategoricalParameter):
             if value not in p.choices:
                 problems.append(f"{p.name}={value!r} is not one of {p.choices}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        elif not _finite(value):
             problems.append(f"{p.name}={value!r} is not a finite number")
         elif isinstance(p, IntegerParameter) and value != int(value):
             problems.append(f"{p.name}={value!r} is not an integer")
@@ -96,7 +96,7 @@ def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
             if el not in inputs:
                 continue
             value = inputs[el]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not _finite(value):
                 problems.append(f"{el}={value!r} is not a finite fraction")
                 continue
             fractions.append(float(value))
@@ -105,6 +105,10 @@ def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
         if len(fractions) == len(space.composition.elements) and abs(sum(fractions) - 1.0) > 1e-6:
             problems.append(f"the fractions of {', '.join(space.composition.elements)} sum to {sum(fractions):g}, not 1")
     return problems
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def problems(command: OperatorCommand, samples: Sequence[dict[str, Any]], spec: Campaign) -> list[str]:

@@ -227,6 +227,14 @@ class Store:
                 for r in rows
             ]
 
+    def waiting_reasons(self) -> dict[str, str]:
+        """Why each proposal was put to an operator (the latest request per sample)."""
+        return {e.sample_id: e.reason for e in self.events(kind="approval_request")}
+
+    def refused_commands(self) -> list[str]:
+        """Operators' commands the conductor refused, and why, oldest first."""
+        return [f.error for f in self.events(kind="fault") if f.step == "operator"]
+
     def controls(self) -> dict[str, Any]:
         """What operators set while the campaign runs: paused or not, and the batch size (None: the spec's)."""
         paused, batch_size = False, None

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,6 +26,7 @@ GAS_RELEASING = ("carbonate", "nitrate", "hydroxide")
 GAS_FOR = {"C": "CO2", "H": "H2O", "N": "NO2"}  # how C, H, N leave a route
 
 HAZARD_FLAGS = get_args(Hazard)
+_M = TypeVar("_M", bound=BaseModel)
 
 
 @lru_cache(maxsize=4096)
@@ -235,6 +236,15 @@ def _errors(exc: ValidationError) -> list[str]:
     return out
 
 
+def _entry(model: type[_M], raw: Any, place: str, problems: list[str]) -> _M | None:
+    """One library entry validated, or None with its problems added at its place."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems += [f"{place}: {e}" for e in _errors(exc)]
+        return None
+
+
 def _validate(text: str, path: str) -> Library:
     try:
         data = yaml.safe_load(text)
@@ -255,10 +265,8 @@ def _validate(text: str, path: str) -> Library:
     seen: dict[tuple, str] = {}
     for i, raw in enumerate(top.precursors):
         place = _place(path, "entry", i, raw)
-        try:
-            p = Precursor.model_validate(raw)
-        except ValidationError as exc:
-            problems += [f"{place}: {e}" for e in _errors(exc)]
+        p = _entry(Precursor, raw, place, problems)
+        if p is None:
             continue
         here = p.check()
         for src in (p.t_source, p.dfh_source):
@@ -291,10 +299,8 @@ def _validate(text: str, path: str) -> Library:
     target_dfh: dict[tuple, tuple[float, str]] = {}
     for i, raw in enumerate(top.targets):
         place = _place(path, "targets entry", i, raw)
-        try:
-            t = TargetEnthalpy.model_validate(raw)
-        except ValidationError as exc:
-            problems += [f"{place}: {e}" for e in _errors(exc)]
+        t = _entry(TargetEnthalpy, raw, place, problems)
+        if t is None:
             continue
         here = t.check()
         if t.source not in top.sources:
