@@ -10,6 +10,24 @@ from athanor.messages import Fault, Message, parse_message, to_wire
 from athanor.spec import Campaign
 
 
+class History:
+    """An agent's copy of the campaign's history, extended by the conductor's feed (athanor/feeds.py):
+    `take({"start": n, "records": [...]})` appends what it lacks and returns False when it has fewer
+    than `start` records (it was restarted), so the agent asks for everything again."""
+
+    RESYNC = {"resync": True}
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def take(self, feed: dict[str, Any]) -> bool:
+        start, records = int(feed["start"]), list(feed["records"])
+        if start > len(self.records):
+            return False
+        self.records.extend(records[len(self.records) - start:])
+        return True
+
+
 class Agent:
     role = "agent"
 

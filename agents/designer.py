@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from athanor import registry
-from athanor.agents.common import Agent
+import bisect
+
+from athanor.agents.common import Agent, History
 from athanor.errors import AthanorError
 from athanor.messages import DesignProposal, DesignRequest, to_wire
 from athanor.planners.base import Observation
@@ -44,12 +46,31 @@ class DesignerAgent(Agent):
         if pool_spec is not None:
             pool = load_pool(pool_spec.dataset, pool_spec.inputs, []).to_numpy(dtype=float)
         self.strategy = make_strategy(self.spec, pool)
+        self.feed = History()
+        self._seqs: list[int] = []
+        self._history: list[Observation] = []  # in sample order, whatever order they were finished in
 
-    def propose(self, request: dict[str, Any], history: list[dict[str, Any]],
+    def _extend(self, feed: dict[str, Any]) -> bool:
+        before = len(self.feed.records)
+        if feed["start"] == 0 and before:  # everything again: start afresh
+            self.feed, self._seqs, self._history, before = History(), [], [], 0
+        if not self.feed.take(feed):
+            return False
+        for item in self.feed.records[before:]:
+            item = dict(item)
+            seq = item.pop("seq")
+            at = bisect.bisect(self._seqs, seq)
+            self._seqs.insert(at, seq)
+            self._history.insert(at, Observation(**item))
+        return True
+
+    def propose(self, request: dict[str, Any], feed: dict[str, Any],
                 pending: list[dict[str, Any]]) -> dict[str, Any]:
         try:
             message = self.receive(request, DesignRequest)
-            candidates = self.strategy.propose([Observation(**h) for h in history], message.n,
+            if not self._extend(feed):
+                return History.RESYNC
+            candidates = self.strategy.propose(list(self._history), message.n,
                                                [Observation(**p) for p in pending])
             return to_wire(DesignProposal(
                 campaign_id=self.campaign_id, causation_id=message.id, sender=self.role,

@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from athanor.agents.common import Agent
+from athanor.agents.common import Agent, History
 from athanor.agents.surrogates import (
-    DONE_STATES,
     SHORT,
     LearnerOptions,
     cross_validate,
@@ -56,6 +55,8 @@ class LearnerAgent(Agent):
         self.last_fit: _Fit | None = None
         self._strategy: Any = None
         self._space: Any = None
+        self.history = History()  # measured samples, sent once each (athanor/feeds.py)
+        self._best: dict[str, Any] | None = None
         if self.options.surrogates:
             try:  # import the modelling stack and load a pool now, while the campaign starts
                 self.strategy()
@@ -64,16 +65,27 @@ class LearnerAgent(Agent):
                 self._strategy = None
 
     # --- the agent's one call -------------------------------------------------------------------
-    def update(self, sample_id: str, causation_id: str | None, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def update(self, sample_id: str, causation_id: str | None, feed: dict[str, Any],
+               final: bool = False) -> dict[str, Any]:
+        """After sample `sample_id` is measured: `feed` brings the measurements the learner has not seen
+        (athanor/feeds.py); `final` says the budget's last sample is in (a last refit is due)."""
+        if feed["start"] == 0 and self.history.records:  # everything again: start afresh
+            self.history, self._best = History(), None
+        before = len(self.history.records)
+        if not self.history.take(feed):
+            return History.RESYNC
         spec = self.spec
-        measured = [s for s in samples if s.get("values") and s.get("state") != "failed"]
-        best = best_sample(measured, spec.objectives, spec.outcome_constraints)
+        samples = self.history.records
+        new = [s for s in samples[before:] if s.get("values") and s.get("state") != "failed"]
+        best = self._best = best_sample([*([self._best] if self._best else []), *new], spec.objectives,
+                                        spec.outcome_constraints)
+        measured = samples
         metrics: dict[str, float] = {"n_measured": float(len(measured))}
         if best is not None:
             metrics.update({f"best:{o.name}": float(best["values"][o.name]) for o in spec.objectives
                             if isinstance(best["values"].get(o.name), (int, float))})
         targets = [o for o in spec.objectives if o.direction == "target"]
-        hit = [s for s in measured if targets and len(targets) == len(spec.objectives)
+        hit = [s for s in new if targets and len(targets) == len(spec.objectives)
                and all(meets_target(s["values"], o) for o in targets)
                and feasible(s["values"], spec.outcome_constraints)]
         reasons = [f"sample {hit[0]['id']} meets every target"] if hit else []
@@ -87,7 +99,7 @@ class LearnerAgent(Agent):
             reasons.append(f"stall check failed ({type(exc).__name__})")
         version, n_train, notes = f"summary-{len(measured)}", len(measured), []
         try:
-            fit = self._model(sample_id, samples)
+            fit = self._model(sample_id, samples, final)
             if fit is not None:
                 version, n_train, notes = fit.version, fit.n_train, fit.notes
                 metrics.update(fit.metrics)
@@ -128,7 +140,7 @@ class LearnerAgent(Agent):
                 self._strategy = BayesianStrategy(self._space, **kwargs)
         return self._strategy
 
-    def _due(self, sample_id: str, samples: list[dict[str, Any]], n_measured: int) -> bool:
+    def _due(self, n_measured: int, final: bool) -> bool:
         """Refit every `refit_every` new measurements, and once more when the budget is used up.
 
         Fitting costs about a second or two on 2 cores and sits on the sample's path through the lab,
@@ -137,10 +149,9 @@ class LearnerAgent(Agent):
         if last is None:
             return True
         new = n_measured - last.n_measured
-        return new >= self.options.refit_every or (new > 0 and len(samples) >= self.spec.budget.experiments
-                                                    and all(s.get("state") in DONE_STATES for s in samples))
+        return new >= self.options.refit_every or (new > 0 and final)
 
-    def _model(self, sample_id: str, samples: list[dict[str, Any]]) -> _Fit | None:
+    def _model(self, sample_id: str, samples: list[dict[str, Any]], final: bool = False) -> _Fit | None:
         if not self.options.surrogates:
             return None
         rows = measured_rows(samples, self.outputs)
@@ -152,7 +163,7 @@ class LearnerAgent(Agent):
         label = "+".join(SHORT[m] for m in self.options.surrogates)
         version = f"{label}-{len(X)}-{data_hash(X, Y, self.options.surrogates, self.spec.seed)}"
         if self.last_fit is not None and (self.last_fit.version == version  # the same data: the same model
-                                          or not self._due(sample_id, samples, len(rows))):
+                                          or not self._due(len(rows), final)):
             return self.last_fit
         if len(X) < self.options.min_train:
             return _Fit(f"summary-{len(rows)}", len(X), len(rows), {"n_train": float(len(X))},

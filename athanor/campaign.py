@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from athanor.errors import AthanorError
+from athanor.messages import CampaignEvent
 from athanor.report import write_outputs
 from pydantic import ValidationError
 
@@ -77,6 +78,10 @@ def prepare(config: str | Path, out: str | Path, resume: bool = False, seed: int
     out = Path(out)
     if resume:
         store, stored = open_run(out)
+        previous = store.acquire_lease()  # before anything changes: a second conductor stops here
+        if previous is not None:
+            store.append(CampaignEvent(campaign_id=store.campaign_id, sender="conductor", event="lease_taken_over",
+                                       detail=previous))
         named = load_campaign(config).campaign
         if named != stored.campaign:
             raise AthanorError(f"{out} holds campaign {stored.campaign!r}, not {named!r} from {config}")
@@ -94,26 +99,33 @@ def prepare(config: str | Path, out: str | Path, resume: bool = False, seed: int
     url = spec.store_url or f"sqlite:///{(out / 'campaign.db').resolve()}"
     store = Store(url, campaign_id)
     store.register_campaign(spec.campaign, spec.model_dump(mode="json"))
+    store.acquire_lease()
     (out / RUN_FILE).write_text(json.dumps({"campaign_id": campaign_id, "store_url": url,
                                             "config": str(Path(config).resolve())}, indent=2) + "\n")
     return store, spec
 
 
 def execute(store: Store, spec: Campaign, out: str | Path,
-            on_progress: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
-    """Run the campaign to its end on Ray and write the run folder's outputs."""
+            on_progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
+    """Run the campaign to its end on Ray and write the run folder's outputs; the lease `prepare` took
+    is released at the end (a crash leaves it to go stale)."""
     import ray
 
     from athanor.conductor import Conductor
     from athanor.runtime import connect, start_agents, stop_agents
 
-    started_ray = connect(spec.ray_address)
-    agents = start_agents(spec, store.campaign_id)
-    conductor = Conductor(spec, store, agents, previous_wall_s=store.wall_time_s(), on_progress=on_progress)
     try:
-        status = asyncio.run(conductor.run())
+        started_ray = connect(spec.ray_address)
+        try:
+            agents = start_agents(spec, store.campaign_id, store.url)
+            conductor = Conductor(spec, store, agents, previous_wall_s=store.wall_time_s(), on_progress=on_progress)
+            try:
+                status = asyncio.run(conductor.run())
+            finally:
+                stop_agents(agents)
+        finally:
+            if started_ray:
+                ray.shutdown()
+        return write_outputs(store, spec, Path(out), status)
     finally:
-        stop_agents(agents)
-        if started_ray:
-            ray.shutdown()
-    return write_outputs(store, spec, Path(out), status)
+        store.release_lease()

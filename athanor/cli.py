@@ -30,11 +30,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{spec.campaign} is paused: nothing starts until `athanor unpause {args.out}`", file=sys.stderr)
     bar = tqdm(total=spec.budget.experiments, desc=spec.campaign, unit="exp", disable=args.quiet or None)
 
-    def on_progress(samples: list[dict[str, Any]]) -> None:
-        states = Counter(s["state"] for s in samples)
-        done = states["learned"] + states["failed"]
-        bar.set_postfix(in_lab=sum(states[k] for k in ("approved", "planned", "synthesized", "characterized")),
-                        waiting=sum(s["awaiting_approval"] for s in samples), failed=states["failed"], refresh=False)
+    def on_progress(counts: dict[str, int]) -> None:
+        done = counts.get("learned", 0) + counts.get("failed", 0)
+        if done == bar.n:
+            return
+        bar.set_postfix(in_lab=sum(counts.get(k, 0) for k in ("approved", "planned", "synthesized", "characterized")),
+                        waiting=counts.get("awaiting", 0), failed=counts.get("failed", 0), refresh=False)
         bar.update(done - bar.n)
 
     try:
@@ -57,6 +58,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from athanor.campaign import open_run
+    from athanor.lease import holder as store_holder
     from athanor.report import decision_line, summarize
 
     store, spec = open_run(args.dir)
@@ -71,7 +73,10 @@ def _status(args: argparse.Namespace) -> int:
               "states": dict(states), "awaiting_approval": [s["id"] for s in samples if s["awaiting_approval"]],
               "waiting_because": {s["id"]: asked.get(s["id"], "") for s in samples if s["awaiting_approval"]},
               "approvals": store.approvals(), "best": summary["best"], "wall_s": summary["wall_s"],
-              "refused_commands": store.refused_commands()}
+              "refused_commands": store.refused_commands(),
+              "interrupted": [s["id"] for s in samples if s["interrupted"]],
+              "interrupted_because": {s["id"]: s["interrupted"] for s in samples if s["interrupted"]},
+              "conductor": store_holder(store)}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -83,6 +88,11 @@ def _status(args: argparse.Namespace) -> int:
     for a in report["approvals"]:
         if a["channel"] != "policy":
             print("  " + decision_line(a))
+    for sample_id, why in report["interrupted_because"].items():
+        print(f"interrupted: {sample_id} ({why})")
+    if report["conductor"]:
+        c = report["conductor"]
+        print(f"conductor: {c['host']} pid {c['pid']} since {c['started_at']} (heartbeat {c['heartbeat_at']})")
     for refusal in report["refused_commands"]:
         print(f"  refused: {refusal}")
     if summary["best"]:

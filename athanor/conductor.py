@@ -7,8 +7,18 @@ synthesize → characterize → learn as its own task, and carries out operators
 planned first, so its recipe (cost, hazards) is shown and judged, and proposals waiting for an
 operator never hold up the lab: approved work runs, and the designer is asked for more while fewer
 than `approval.max_waiting` wait.
-It alone appends to the log: before a step it writes the intent, after it the result, so a resumed
-campaign knows exactly which steps to run again.
+
+It alone appends to the log, and it keeps the campaign's state in memory (built from the store at
+start, updated from what each append changed), so a loop turn costs the same at the ten-thousandth
+sample as at the first: it reads the store again only for the inbox. Agents that need history get
+each finished sample once (`Feeds`), never the whole campaign per call.
+
+Exactly once at the instrument: each instrument takes one step at a time, and the step's intent is
+logged when the instrument begins it. The instrument writes its run's documents into the store as they
+are emitted, so on resume every begun step is reconciled (`_reconcile`): a finished run's result is
+recovered from its documents, a step never begun is dispatched, and one begun but never finished is
+*interrupted*: the instrument's `on_interrupted` policy retries it under a new key, fails the sample,
+or asks an operator.
 
 Determinism: batch `b` is designed from the samples of batches ≤ b − parallel_batches only, and only
 once those are finished, so the same seed gives the same campaign however the steps interleave.
@@ -17,13 +27,18 @@ once those are finished, so the same seed gives the same campaign however the st
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections import Counter
 from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
 
 from athanor.approval import rule_failures
 from athanor.commands import OperatorCommand, describe, pool_row, problems
+from athanor.documents import run_outcome
+from athanor.feeds import Feeds
+from athanor.lease import HEARTBEAT_S
 from athanor.messages import (
     ApprovalDecision,
     ApprovalRequest,
@@ -35,7 +50,9 @@ from athanor.messages import (
     Message,
     ModelUpdate,
     StepIntent,
+    StepInterrupted,
     SynthesisRequest,
+    SynthesisResult,
     parse_message,
     to_wire,
 )
@@ -45,11 +62,12 @@ from athanor.store import TERMINAL, Store
 
 ACTIVE = ("approved", "planned", "synthesized", "characterized")
 POLL_S = 0.25  # how often the inbox is read while nothing else happens
+INSTRUMENT_STEP = {"planned": "synthesize", "synthesized": "characterize"}
 
 
 class Conductor:
-    def __init__(self, spec: Campaign, store: Store, agents: Agents, previous_wall_s: float = 0.0,
-                 on_progress: Callable[[list[dict[str, Any]]], None] | None = None):
+    def __init__(self, spec: Campaign, store: Store, agents: Agents | None, previous_wall_s: float = 0.0,
+                 on_progress: Callable[[dict[str, int]], None] | None = None):
         self.spec = spec
         self.store = store
         self.agents = agents
@@ -63,6 +81,47 @@ class Conductor:
         self.paused = False
         self._paused_since = time.monotonic()
         self.batch_size = spec.batch_size
+        self._beat = 0.0
+        self._busy: dict[str, asyncio.Lock] = {}  # instrument name -> held while it runs a step
+        # The campaign in memory: every sample, the ones not finished, and running tallies.
+        self.samples: dict[str, dict[str, Any]] = {}
+        self.open: dict[str, dict[str, Any]] = {}
+        self.counts: Counter[str] = Counter()
+        self.used = 0  # budget slots taken
+        self.claimed: dict[int, str] = {}  # pool row -> the sample measuring it
+        self.feeds = Feeds(self.samples, self.open)
+        for sample in store.samples():
+            self._remember(sample)
+        self.intents: dict[tuple[str, str], StepIntent] = {}  # the latest intent of each step begun
+        self.interrupted_keys: set[str] = set()  # steps judged interrupted: their next attempt has a new key
+
+    # --- the campaign in memory ---------------------------------------------------------------
+    def _remember(self, sample: dict[str, Any]) -> None:
+        old = self.samples.get(sample["id"])
+        if old is not None:
+            self.counts[old["state"]] -= 1
+            self.counts["awaiting"] -= old["awaiting_approval"]
+            self.used -= _uses_budget(old)
+            if old["pool_index"] is not None and self.claimed.get(old["pool_index"]) == old["id"]:
+                del self.claimed[old["pool_index"]]
+        self.samples[sample["id"]] = sample
+        self.counts[sample["state"]] += 1
+        self.counts["awaiting"] += sample["awaiting_approval"]
+        self.used += _uses_budget(sample)
+        if sample["pool_index"] is not None and sample["state"] != "rejected":
+            self.claimed[sample["pool_index"]] = sample["id"]
+        if sample["state"] in TERMINAL and not sample["awaiting_approval"]:
+            self.open.pop(sample["id"], None)
+        else:
+            self.open[sample["id"]] = sample
+        self.feeds.saw(sample)
+
+    def _log(self, message: Message) -> None:
+        for sample in self.store.append(message):
+            self._remember(sample)
+
+    def progress(self) -> dict[str, int]:
+        return {k: v for k, v in self.counts.items() if v}
 
     # --- the loop ---------------------------------------------------------------------------
     async def run(self) -> str:
@@ -72,22 +131,25 @@ class Conductor:
         self._log(CampaignEvent(**self._env(), event="resumed" if resumed else "started",
                                 detail={"budget": self.spec.budget.experiments,
                                         "approval": self.spec.approval.policy}))
+        self.intents = self.store.last_intents(list(self.open))
+        self.interrupted_keys = {e.idempotency_key for e in self.store.events(kind="step_interrupted")}
+        if resumed:
+            await self._reconcile()
         tasks: dict[str, asyncio.Task[None]] = {}
         design: asyncio.Task[None] | None = None
         while True:
+            self._heartbeat()
             self._consume_inbox()
-            samples = self.store.samples()
-            if self._apply_policy(samples):
-                samples = self.store.samples()
+            self._apply_policy()
             if self.on_progress:
-                self.on_progress(samples)
+                self.on_progress(self.progress())
             self._check_wall_time()
-            for s in samples:
+            for s in list(self.open.values()):
                 if s["id"] not in tasks and self._step(s) is not None:
                     tasks[s["id"]] = asyncio.create_task(self._advance(s["id"]))
-            if design is None and self._may_design(samples):
-                design = asyncio.create_task(self._design(samples))
-            if design is None and not tasks and self._finished(samples):
+            if design is None and self._may_design():
+                design = asyncio.create_task(self._design())
+            if design is None and not tasks and self._finished():
                 break
             waiting = [*tasks.values(), *([design] if design else [])]
             if waiting:
@@ -104,6 +166,11 @@ class Conductor:
                                 detail={"reason": self.stop_reason or "budget met"}))
         return status
 
+    def _heartbeat(self) -> None:
+        if self.store.lease_holder is not None and time.monotonic() - self._beat > HEARTBEAT_S:
+            self.store.heartbeat()
+            self._beat = time.monotonic()
+
     def elapsed(self) -> float:
         return self.previous_wall_s + time.monotonic() - self._started
 
@@ -112,49 +179,38 @@ class Conductor:
         if limit is not None and self.stop_reason is None and self.elapsed() > limit:
             self.stop_reason, self.status_if_stopped = f"wall-time budget of {limit:g} s spent", "stopped"
 
-    def _used(self, samples: list[dict[str, Any]]) -> int:
-        # An operator's rejection frees its slot; a timeout's does not, or an unattended campaign
-        # would propose for ever.
-        return sum(s["state"] != "rejected" or (s["error"] or "").startswith("rejected by policy:") for s in samples)
-
-    def _may_design(self, samples: list[dict[str, Any]]) -> bool:
-        if self.stop_reason or self.paused or self._used(samples) >= self.spec.budget.experiments:
+    def _may_design(self) -> bool:
+        if self.stop_reason or self.paused or self.used >= self.spec.budget.experiments:
             return False
         q, lag = self.batch_size, self.spec.parallel_batches
-        undecided = sum(s["state"] == "proposed" for s in samples)  # waiting, or being planned to be judged
-        in_lab = sum(s["state"] not in TERMINAL for s in samples) - undecided
+        undecided = sum(s["state"] == "proposed" for s in self.open.values())  # waiting, or planned to be judged
+        in_lab = sum(s["state"] not in TERMINAL for s in self.open.values()) - undecided
         if in_lab >= q * lag or undecided >= (self.spec.approval.max_waiting or q * lag):
             return False
-        batch = self._next_batch(samples)
-        return all(s["state"] in TERMINAL or s["awaiting_approval"] for s in samples if s["batch"] <= batch - lag)
+        batch = self.feeds.next_batch
+        return all(s["state"] in TERMINAL or s["awaiting_approval"] for s in self.open.values()
+                   if s["batch"] <= batch - lag)
 
-    def _finished(self, samples: list[dict[str, Any]]) -> bool:
-        if any(s["state"] in ACTIVE for s in samples):
+    def _finished(self) -> bool:
+        if any(s["state"] in ACTIVE and not s["awaiting_approval"] for s in self.open.values()):
             return False
         if self.stop_reason:
             return True
-        waiting = any(s["state"] == "proposed" for s in samples)
-        return not waiting and self._used(samples) >= self.spec.budget.experiments
-
-
-    @staticmethod
-    def _next_batch(samples: list[dict[str, Any]]) -> int:
-        return max((s["batch"] for s in samples), default=-1) + 1
+        waiting = any(s["state"] == "proposed" or s["awaiting_approval"] for s in self.open.values())
+        return not waiting and self.used >= self.spec.budget.experiments
 
     # --- design and approval ----------------------------------------------------------------
-    async def _design(self, samples: list[dict[str, Any]]) -> None:
-        batch = self._next_batch(samples)
+    async def _design(self) -> None:
+        batch = self.feeds.next_batch
         cutoff = batch - self.spec.parallel_batches
-        known = [s for s in samples if (s["batch"] <= cutoff and s["state"] in TERMINAL) or s["state"] == "rejected"]
-        known_ids = {s["id"] for s in known}
-        pending = [s for s in samples if s["id"] not in known_ids]
-        n = min(self.batch_size, self.spec.budget.experiments - self._used(samples))
-        request = DesignRequest(**self._env(), n=n, batch=batch, history_ids=[s["id"] for s in known],
+        known, pending = self.feeds.design_history(cutoff)
+        n = min(self.batch_size, self.spec.budget.experiments - self.used)
+        request = DesignRequest(**self._env(), n=n, batch=batch, history_through_batch=cutoff, n_history=known,
                                 pending_ids=[s["id"] for s in pending])
         self._log(request)
-        reply = await self._call(
-            "design", None, lambda: self.agents.designer.propose.remote(
-                to_wire(request), [_observation(s) for s in known], [_observation(s) for s in pending]))
+        observations = [_observation(s) for s in pending]
+        reply = await self._call("design", None, lambda feed: self.agents.designer.propose.remote(
+            to_wire(request), feed, observations), feed="designer")
         if self.stop_reason:  # the campaign stopped while the designer worked: nothing new goes in
             return
         if not isinstance(reply, DesignProposal):
@@ -165,8 +221,7 @@ class Conductor:
         self._register(reply)
 
     def _register(self, proposal: DesignProposal) -> None:
-        samples = self.store.samples()  # as they are now: an operator's edit may have claimed a pool row meanwhile
-        claimed = {s["pool_index"] for s in samples if s["pool_index"] is not None and s["state"] != "rejected"}
+        claimed = set(self.claimed)  # current: an operator's edit that claimed a row went through memory
         candidates = []
         for c in proposal.candidates:
             if c.pool_index is not None and c.pool_index in claimed:  # a pool row is measured at most once
@@ -174,21 +229,18 @@ class Conductor:
                                 error=f"designer proposed pool row {c.pool_index} again; dropped"))
                 continue
             claimed.add(c.pool_index)
-            candidates.append(c.model_copy(update={"sample_id": f"S{len(samples) + len(candidates) + 1:04d}"}))
+            candidates.append(c.model_copy(update={"sample_id": f"S{len(self.samples) + len(candidates) + 1:04d}"}))
         if not candidates:
             self.stop_reason, self.status_if_stopped = "the design space is exhausted", "exhausted"
             return
         self._log(proposal.model_copy(update={"candidates": candidates}))
 
-    def _apply_policy(self, samples: list[dict[str, Any]]) -> bool:
-        """Decide, or ask, for every proposal not yet handled: also those a crash left undecided.
-        True if anything was logged."""
+    def _apply_policy(self) -> None:
+        """Decide, or ask, for every proposal not yet handled: also those a crash left undecided."""
         approval = self.spec.approval
-        handled = False
-        for s in samples:
-            if s["state"] != "proposed" or (approval.policy != "auto" and (s["awaiting_approval"] or not s["recipe"])):
+        for s in [x for x in self.open.values() if x["state"] == "proposed"]:
+            if approval.policy != "auto" and (s["awaiting_approval"] or not s["recipe"]):
                 continue
-            handled = True
             env = self._env(s["id"], s["candidate"].get("proposal_id"))
             if approval.policy == "auto":
                 self._log(ApprovalDecision(**env, approved=True, decided_by="policy:auto", channel="policy"))
@@ -197,7 +249,7 @@ class Conductor:
             if s["candidate"].get("edited_from"):
                 reasons = ["revised by an operator: the revised candidate and its new recipe wait for approval"]
             if approval.policy == "rules":
-                seen = [x for x in samples if x["batch"] <= s["batch"] - self.spec.parallel_batches]
+                seen = [x for x in self.samples.values() if x["batch"] <= s["batch"] - self.spec.parallel_batches]
                 reasons = rule_failures(s["candidate"], seen, approval.rules, self.spec.objectives[0].name, s["recipe"])
                 if not reasons:
                     self._log(ApprovalDecision(**env, approved=True, decided_by="policy:rules", channel="policy",
@@ -205,23 +257,23 @@ class Conductor:
                     continue
             self._log(ApprovalRequest(**env, policy=approval.policy, reason="; ".join(reasons)))
             self._asked[s["id"]] = time.monotonic()
-        return self._expire(samples) or handled
+        self._expire()
 
-    def _expire(self, samples: list[dict[str, Any]]) -> bool:
+    def _expire(self) -> bool:
         """Apply the policy's default to proposals that waited longer than its timeout (the clock
-        starts when the request is logged, or when this session began for older requests)."""
+        starts when the request is logged, or when this session began for older requests). An
+        interrupted step waits for an operator however long it takes."""
         timeout = self.spec.approval.timeout_s
         if timeout is None or self.paused:  # a paused campaign has an operator's attention
             return False
         now, expired = time.monotonic(), False
-        for s in samples:
-            if s["state"] == "proposed" and s["awaiting_approval"]:
-                if now - self._asked.setdefault(s["id"], now) > timeout:
-                    expired = True
-                    self._log(ApprovalDecision(
-                        **self._env(s["id"]), approved=self.spec.approval.default == "approve",
-                        decided_by="policy:timeout", channel="policy",
-                        reason=f"no operator decision within {timeout:g} s"))
+        for s in [x for x in self.open.values() if x["state"] == "proposed" and x["awaiting_approval"]]:
+            if now - self._asked.setdefault(s["id"], now) > timeout:
+                expired = True
+                self._log(ApprovalDecision(
+                    **self._env(s["id"]), approved=self.spec.approval.default == "approve",
+                    decided_by="policy:timeout", channel="policy",
+                    reason=f"no operator decision within {timeout:g} s"))
         return expired
 
     def _consume_inbox(self) -> None:
@@ -234,14 +286,14 @@ class Conductor:
     def _carry_out(self, raw: Any) -> None:
         try:
             command = OperatorCommand.model_validate(raw)
-            found = problems(command, self.store.samples(), self.spec)
+            found = problems(command, list(self.samples.values()), self.spec)
         except Exception as exc:  # noqa: BLE001 -- a bad command is refused; it must not stop the lab, or come back
             why = describe(exc) if isinstance(exc, ValidationError) else error_line(exc)
             what = "malformed command" if isinstance(exc, ValidationError) else "cannot check the command"
             command, found = None, [f"{what} {str(raw)[:300]}: {why}"]
         if command is None or found:
             fields = raw if isinstance(raw, dict) else {}
-            sample_id = command.sample_id if command is not None and self.store.sample(command.sample_id or "") else None
+            sample_id = command.sample_id if command is not None and command.sample_id in self.samples else None
             self._log(Fault(**self._env(sample_id), step="operator", fatal_for_sample=False,
                             error=f"ignored {str(fields.get('action'))[:40]!r} from {str(fields.get('user'))[:100]!r}: "
                                   f"{'; '.join(found)}"))
@@ -272,60 +324,69 @@ class Conductor:
     # --- one sample through the lab ---------------------------------------------------------
     def _step(self, s: dict[str, Any]) -> Callable[[dict[str, Any]], Awaitable[None]] | None:
         """The next step of a sample, if the conductor takes it on its own."""
+        if s["awaiting_approval"]:  # a proposal, or an interrupted step, waits for an operator
+            return None
         if s["state"] == "proposed":  # under a policy that asks, planned before it is judged
             asks = self.spec.approval.policy != "auto"
-            return self._plan if asks and not s["recipe"] and not s["awaiting_approval"] and not self.stop_reason else None
+            return self._plan if asks and not s["recipe"] and not self.stop_reason else None
         return {"approved": self._plan, "planned": self._synthesize,
                 "synthesized": self._characterize, "characterized": self._learn}.get(s["state"])
 
     async def _advance(self, sample_id: str) -> None:
-        sample = self.store.sample(sample_id)
+        sample = self.samples.get(sample_id)
         while sample is not None and (step := self._step(sample)) is not None:
             if self.paused:  # steps under way finish; no new one starts
                 await asyncio.sleep(POLL_S)
             else:
                 await step(sample)
-            sample = self.store.sample(sample_id)
+            sample = self.samples.get(sample_id)
 
     async def _plan(self, s: dict[str, Any]) -> None:
         # The same lag rule as design: only batches certainly finished, so a seed replays the campaign.
-        history = [{"sample_id": x["id"], "recipe": x["recipe"], "state": x["state"], "values": x["values"]}
-                   for x in self.store.samples()
-                   if x["batch"] <= s["batch"] - self.spec.parallel_batches and x.get("recipe")]
+        through = s["batch"] - self.spec.parallel_batches
         request = SynthesisRequest(**self._env(s["id"]), inputs=s["inputs"], pool_index=s["pool_index"],
-                                   history=history)
+                                   history_through_batch=through)
         self._intent(s["id"], "plan", "planner")
         self._log(request)
-        reply = await self._call("plan", s["id"], lambda: self.agents.planner.plan.remote(to_wire(request)))
+        reply = await self._call("plan", s["id"], lambda feed: self.agents.planner.plan.remote(to_wire(request), feed),
+                                 feed="planner")
         self._log(reply)
 
     async def _synthesize(self, s: dict[str, Any]) -> None:
-        key = self._intent(s["id"], "synthesize", self.agents.synthesizer_name)
-        raw = await self._call_raw("synthesize", s["id"], lambda: self.agents.synthesizer.run.remote(s["recipe"], key))
+        name = self.agents.synthesizer_name
+        async with self._instrument(name):
+            key = self._intent(s["id"], "synthesize", name)
+            raw = await self._call_raw("synthesize", s["id"], lambda: self.agents.synthesizer.run.remote(s["recipe"], key))
         if isinstance(raw, Fault):
             self._log(raw)
             return
-        self._log(self._checked(raw["message"], "synthesize", s["id"]), raw["documents"])
+        self._log(self._checked(raw["message"], "synthesize", s["id"]))
 
     async def _characterize(self, s: dict[str, Any]) -> None:
-        request = CharacterizationRequest(**self._env(s["id"]), product=s["product"], probe=self.agents.probe_name)
-        key = self._intent(s["id"], "characterize", self.agents.probe_name)
+        name = self.agents.probe_name
+        request = CharacterizationRequest(**self._env(s["id"]), product=s["product"], probe=name)
         self._log(request)
-        raw = await self._call_raw("characterize", s["id"], lambda: self.agents.probe.run.remote(to_wire(request), key))
+        async with self._instrument(name):
+            key = self._intent(s["id"], "characterize", name)
+            raw = await self._call_raw("characterize", s["id"], lambda: self.agents.probe.run.remote(to_wire(request), key))
         if isinstance(raw, Fault):
             self._log(raw)
             return
         if raw["message"] is not None:  # the probe itself failed
-            self._log(self._checked(raw["message"], "characterize", s["id"]), raw["documents"])
+            self._log(self._checked(raw["message"], "characterize", s["id"]))
             return
-        reply = await self._call("characterize", s["id"], lambda: self.agents.characterizer.interpret.remote(
-            s["id"], request.id, self.agents.probe_name, raw["documents"], raw["duration_s"]))
-        self._log(reply, raw["documents"])
+        await self._interpret(s["id"], request.id, raw["documents"], raw["duration_s"])
+
+    async def _interpret(self, sample_id: str, causation_id: str | None, documents: Any, duration_s: float) -> None:
+        self._log(await self._call("characterize", sample_id, lambda: self.agents.characterizer.interpret.remote(
+            sample_id, causation_id, self.agents.probe_name, documents, duration_s)))
 
     async def _learn(self, s: dict[str, Any]) -> None:
         self._intent(s["id"], "learn", "learner")
-        samples = [x for x in self.store.samples() if x["state"] in ("characterized", "learned")]
-        reply = await self._call("learn", s["id"], lambda: self.agents.learner.update.remote(s["id"], None, samples))
+        final = self.used >= self.spec.budget.experiments and all(
+            x["state"] in ("characterized", "learned", "failed", "rejected") for x in self.open.values())
+        reply = await self._call("learn", s["id"], lambda feed: self.agents.learner.update.remote(
+            s["id"], None, feed, final), feed="learner")
         if isinstance(reply, Fault):  # the measurement stands; only the model update is missing
             self._log(reply.model_copy(update={"fatal_for_sample": False}))
             reply = ModelUpdate(**self._env(s["id"]), model_version="unavailable", n_train=0,
@@ -335,17 +396,65 @@ class Conductor:
             stalled = reply.reason.startswith("improvement stalled")
             self.stop_reason, self.status_if_stopped = reply.reason, "stalled" if stalled else "target_met"
 
+    # --- after a crash: every step begun is finished, failed or interrupted -------------------
+    async def _reconcile(self) -> None:
+        for s in list(self.open.values()):
+            step = INSTRUMENT_STEP.get(s["state"])
+            intent = self.intents.get((s["id"], step)) if step else None
+            if intent is None or s["awaiting_approval"] or intent.idempotency_key in self.interrupted_keys:
+                continue  # never begun (the loop dispatches it), or already judged interrupted
+            outcome = run_outcome(self.store.step_documents(intent.idempotency_key))
+            if outcome.state == "never_started":
+                continue
+            if outcome.state == "failed":
+                self._log(Fault(**self._env(s["id"]), step=step, error=f"{outcome.reason} (found on resume)"))
+            elif outcome.state == "finished" and step == "synthesize":
+                self._log(self._recovered_synthesis(s["id"], intent, outcome))
+            elif outcome.state == "finished":
+                request = next(iter(self.store.events(s["id"], kind="characterization_request")[-1:]), None)
+                await self._interpret(s["id"], request.id if request else None, outcome.documents,
+                                      _duration(outcome.documents))
+            else:
+                self._interrupted(s, step, intent, outcome)
+
+    def _recovered_synthesis(self, sample_id: str, intent: StepIntent, outcome: Any) -> Message:
+        start = outcome.documents[0][1]
+        events = [d for n, d in outcome.documents if n == "event" and start.get("product_field") in d.get("data", {})]
+        if not events:
+            return Fault(**self._env(sample_id), step="synthesize",
+                         error=f"{outcome.reason or 'the run finished'} but its documents hold no product")
+        return SynthesisResult(**self._env(sample_id, intent.id), instrument=intent.target,
+                               product=json.loads(events[-1]["data"][start["product_field"]]),
+                               run_uids=[outcome.run_uid], duration_s=_duration(outcome.documents))
+
+    def _interrupted(self, s: dict[str, Any], step: str, intent: StepIntent, outcome: Any) -> None:
+        role = "synthesis" if step == "synthesize" else "characterization"
+        instrument = next((i for i in self.spec.instruments if i.name == intent.target), self.spec.instrument(role))
+        action = instrument.interrupted_policy
+        self._log(StepInterrupted(**self._env(s["id"], intent.id), step=step, idempotency_key=intent.idempotency_key,
+                                  run_uid=outcome.run_uid, started_at=outcome.started_at, action=action,
+                                  reason=f"{outcome.reason} on {intent.target}"))
+        self.interrupted_keys.add(intent.idempotency_key)
+        if action == "ask":
+            self._log(ApprovalRequest(**self._env(s["id"]), policy=f"on_interrupted:{action}",
+                                      reason=f"{step} was interrupted ({outcome.reason}): approve to run it again "
+                                             "as a new run, reject to fail the sample"))
+
     # --- plumbing ---------------------------------------------------------------------------
     def _env(self, sample_id: str | None = None, causation_id: str | None = None) -> dict[str, Any]:
         return {"campaign_id": self.store.campaign_id, "sample_id": sample_id,
                 "causation_id": causation_id, "sender": self.sender}
 
-    def _log(self, message: Message, documents: Any = ()) -> None:
-        self.store.append(message, documents)
+    def _instrument(self, name: str) -> asyncio.Lock:
+        return self._busy.setdefault(name, asyncio.Lock())
 
     def _intent(self, sample_id: str, step: str, target: str) -> str:
-        key = f"{self.store.campaign_id}:{sample_id}:{step}"
-        self._log(StepIntent(**self._env(sample_id), step=step, idempotency_key=key, target=target))
+        earlier = self.intents.get((sample_id, step))
+        attempt = 1 if earlier is None else earlier.attempt + (earlier.idempotency_key in self.interrupted_keys)
+        key = f"{self.store.campaign_id}:{sample_id}:{step}" + (f":{attempt}" if attempt > 1 else "")
+        intent = StepIntent(**self._env(sample_id), step=step, idempotency_key=key, target=target, attempt=attempt)
+        self._log(intent)
+        self.intents[(sample_id, step)] = intent
         return key
 
     async def _call_raw(self, step: str, sample_id: str | None, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -354,8 +463,14 @@ class Conductor:
         except Exception as exc:  # noqa: BLE001 -- a crashed actor fails the step, not the campaign
             return Fault(**self._env(sample_id), step=step, error=error_line(exc))
 
-    async def _call(self, step: str, sample_id: str | None, call: Callable[[], Awaitable[Any]]) -> Message:
-        raw = await self._call_raw(step, sample_id, call)
+    async def _call(self, step: str, sample_id: str | None, call: Callable[..., Awaitable[Any]],
+                    feed: str | None = None) -> Message:
+        if feed is None:
+            raw = await self._call_raw(step, sample_id, call)
+        else:  # the agent's history: what is new since the last call, or all of it for an agent that lost count
+            raw = await self._call_raw(step, sample_id, lambda: call(self.feeds.next(feed)))
+            if isinstance(raw, dict) and raw.get("resync"):
+                raw = await self._call_raw(step, sample_id, lambda: call(self.feeds.everything(feed)))
         return raw if isinstance(raw, Fault) else self._checked(raw, step, sample_id)
 
     def _checked(self, wire: Any, step: str, sample_id: str | None) -> Message:
@@ -370,6 +485,17 @@ class Conductor:
             return Fault(**self._env(sample_id), step=step,
                          error=f"reply about sample {message.sample_id}, expected {sample_id}")
         return message
+
+
+def _uses_budget(sample: dict[str, Any]) -> bool:
+    # An operator's rejection frees its slot; a timeout's does not, or an unattended campaign would
+    # propose for ever.
+    return sample["state"] != "rejected" or (sample["error"] or "").startswith("rejected by policy:")
+
+
+def _duration(documents: list[tuple[str, dict[str, Any]]]) -> float:
+    times = [d["time"] for n, d in documents if n in ("start", "stop") and "time" in d]
+    return max(times) - min(times) if len(times) > 1 else 0.0
 
 
 def _observation(sample: dict[str, Any]) -> dict[str, Any]:

@@ -65,17 +65,22 @@ class CampaignEvent(Envelope):
     unpause or change of batch size (with who, through which channel, in `detail`)."""
 
     kind: Literal["campaign_event"] = "campaign_event"
-    event: Literal["started", "resumed", "paused", "unpaused", "batch_size_set", "ended"]
+    event: Literal["started", "resumed", "paused", "unpaused", "batch_size_set", "lease_taken_over", "ended"]
     status: str | None = None
     detail: dict[str, Any] = {}
 
 
 class DesignRequest(Envelope):
+    """What the designer is asked for. Its history is every finished sample of the batches up to
+    `history_through_batch` (and every rejected one): a rule, not a copy, so the log stays linear."""
+
     kind: Literal["design_request"] = "design_request"
     n: int = Field(ge=1)
     batch: int = Field(ge=0)
-    history_ids: list[str] = []
-    pending_ids: list[str] = []
+    history_through_batch: int | None = None
+    n_history: int | None = None
+    pending_ids: list[str] = []  # in the lab or waiting: bounded by the batches in flight
+    history_ids: list[str] = []  # written by versions before 0.2; kept so their logs still read
 
 
 class DesignProposal(Envelope):
@@ -104,22 +109,39 @@ class ApprovalDecision(Envelope):
 
 
 class StepIntent(Envelope):
-    """Written before a step is dispatched. A step whose intent has no result when a campaign resumes
-    is dispatched again with the same key, which the station's run carries in its metadata so a
-    repeat can be recognised; simulated worlds answer a repeat identically (seeded by sample and step)."""
+    """Written when a step begins: for an instrument, when the conductor hands the step to it idle (one
+    step at a time each), never while it waits in a queue. The key travels in the run's start document,
+    so on resume the store tells a step that never began from one that finished or was interrupted."""
 
     kind: Literal["step_intent"] = "step_intent"
     step: Literal["plan", "synthesize", "characterize", "learn"]
     idempotency_key: str
     target: str
+    attempt: int = Field(default=1, ge=1)  # > 1: a retry of an interrupted step, allowed by policy or operator
+
+
+class StepInterrupted(Envelope):
+    """An instrument step that began (its start document is stored) and never finished: the driver died
+    mid-run. What follows is the instrument's `on_interrupted` policy: `retry` runs it again under a new
+    key, `fail` fails the sample, `ask` waits for an operator (approve: retry; reject: fail)."""
+
+    kind: Literal["step_interrupted"] = "step_interrupted"
+    step: Literal["synthesize", "characterize"]
+    idempotency_key: str
+    run_uid: str | None = None
+    started_at: datetime | None = None
+    action: Literal["retry", "fail", "ask"]
+    reason: str
 
 
 class SynthesisRequest(Envelope):
     kind: Literal["synthesis_request"] = "synthesis_request"
     inputs: dict[str, InputValue]
     pool_index: int | None = None
-    # Earlier samples' recipes and outcomes, so a route can learn from failed syntheses.
-    history: list[dict[str, Any]] = []
+    # The route may learn from the recipes and outcomes of finished samples of the batches up to this one
+    # (the planner keeps them, sent once each): a rule, not a copy of every earlier recipe.
+    history_through_batch: int | None = None
+    history: list[dict[str, Any]] = []  # written by versions before 0.2; kept so their logs still read
 
 
 class SynthesisRecipe(Envelope):
@@ -187,6 +209,7 @@ Message = Annotated[
         ApprovalRequest,
         ApprovalDecision,
         StepIntent,
+        StepInterrupted,
         SynthesisRequest,
         SynthesisRecipe,
         SynthesisResult,

@@ -23,9 +23,10 @@ def results_table(store: Store, spec: Campaign) -> pd.DataFrame:
                                "pool_index": s["pool_index"]}
         row.update({name: s["inputs"].get(name) for name in spec.space.input_names})
         row.update({name: s["values"].get(name) for name in outputs})
+        row["measured_at"] = s["measured_at"] or ""
         row["error"] = s["error"] or ""
         rows.append(row)
-    columns = ["sample_id", "batch", "state", "pool_index", *spec.space.input_names, *outputs, "error"]
+    columns = ["sample_id", "batch", "state", "pool_index", *spec.space.input_names, *outputs, "measured_at", "error"]
     return pd.DataFrame(rows, columns=columns)
 
 

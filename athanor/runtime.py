@@ -59,7 +59,8 @@ def error_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def start_agents(spec: Campaign, campaign_id: str) -> Agents:
+def start_agents(spec: Campaign, campaign_id: str, store_url: str | None = None) -> Agents:
+    """The campaign's agents as actors; instruments write their documents to the store at `store_url`."""
     wire = spec.model_dump(mode="json")
     synth = spec.instrument("synthesis").name
     probe = spec.instrument("characterization").name
@@ -69,7 +70,8 @@ def start_agents(spec: Campaign, campaign_id: str) -> Agents:
 
     agents = Agents(
         designer=actor(DesignerAgent), planner=actor(PlannerAgent), characterizer=actor(CharacterizerAgent),
-        learner=actor(LearnerAgent), synthesizer=actor(InstrumentAgent, synth), probe=actor(InstrumentAgent, probe),
+        learner=actor(LearnerAgent), synthesizer=actor(InstrumentAgent, synth, store_url),
+        probe=actor(InstrumentAgent, probe, store_url),
         synthesizer_name=synth, probe_name=probe,
     )
     try:

@@ -213,6 +213,14 @@ class InstrumentSpec(_Strict):
     name: str
     role: Literal["synthesis", "characterization"]
     backend: Literal["simulated"] = "simulated"
+    on_interrupted: Literal["retry", "fail", "ask"] | None = Field(
+        default=None, description="a step this instrument began and never finished (the driver died mid-run): "
+        "run it again as a new run, fail the sample, or ask an operator (default: retry for characterization, "
+        "ask for synthesis)")
+
+    @property
+    def interrupted_policy(self) -> str:
+        return self.on_interrupted or ("retry" if self.role == "characterization" else "ask")
 
 
 # Hazard flags a precursor (or reagent) can carry: what a lab's approval rules speak of.
@@ -349,11 +357,52 @@ def _dataset_problems(data: dict[str, Any], base_dir: Path | None, root: yaml.No
     inputs = pool.get("inputs") if isinstance(pool.get("inputs"), list) else []
     wanted = [(("space", "pool", "inputs", i), c) for i, c in enumerate(inputs)]
     wanted += named("objectives") + named("outcome_constraints")
-    return [
+    wanted = [(loc, column) for loc, column in wanted if isinstance(column, str)]
+    problems = [
         _format(source, root, loc, f"column {column!r} is not in {path.name} (columns: {', '.join(header)})")
         for loc, column in wanted
-        if isinstance(column, str) and column not in header
+        if column not in header
     ]
+    present = [(loc, column) for loc, column in wanted if column in header]
+    if present:
+        problems += _row_problems(path, present, len(inputs), data, root, source)
+    return problems
+
+
+def _row_problems(path: Path, columns: list[tuple[tuple[Any, ...], str]], n_inputs: int, data: dict[str, Any],
+                  root: yaml.Node | None, source: str) -> list[str]:
+    """The dataset's rows must run: numbers in the named columns, and enough distinct input rows for
+    the first batch. `columns` are the named columns the file has, with their place in the campaign
+    (inputs first: `space.pool.inputs.i`)."""
+    from athanor import pool
+
+    where = ("space", "pool", "dataset")
+    try:
+        table = pool.read_table(path, [column for _, column in columns])
+    except AthanorError as exc:
+        return [_format(source, root, where, f"{path.name}: {exc}")]
+    if table.empty:
+        return [_format(source, root, where, f"{path.name} has a header but no data rows")]
+    inputs = [column for loc, column in columns if loc[:3] == ("space", "pool", "inputs")]
+    outputs = [column for loc, column in columns if loc[:3] != ("space", "pool", "inputs")]
+    place = {}
+    for loc, column in reversed(columns):  # a column named twice is reported at its first mention
+        place[column] = loc
+    cells = pool.cell_problems(path, table, inputs, outputs)
+    problems = [_format(source, root, place[p.column], f"{path.name} {p}") for p in cells]
+    batch = data.get("batch_size", 4)
+    if (any(p.column in inputs for p in cells) or len(inputs) < n_inputs
+            or not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+        return problems  # rows that cannot be counted yet, or a batch size the schema reports
+    distinct = pool.distinct_rows(table, inputs)
+    if distinct < batch:
+        repeated = f" ({len(table)} rows, repeated inputs averaged into one)" if distinct < len(table) else ""
+        loc = ("batch_size",) if "batch_size" in data else where
+        default = "" if "batch_size" in data else " (the default)"
+        problems.append(_format(source, root, loc, f"{path.name} has {distinct} distinct input "
+                                f"row{'s' if distinct != 1 else ''}{repeated}, fewer than batch_size "
+                                f"{batch}{default}: the first batch cannot be filled"))
+    return problems
 
 
 def _format(source: str, root: yaml.Node | None, loc: tuple[Any, ...], message: str, key: bool = False) -> str:

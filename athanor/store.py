@@ -5,17 +5,27 @@ measurements, approvals, Bluesky documents) in one transaction, so a crash leave
 neither; `rebuild()` recomputes the derived tables from the log alone. Operators' commands arrive
 in an inbox table that the conductor consumes, so they work whether or not a campaign is running.
 SQLite file by default; any SQLAlchemy URL (``postgresql://...``) otherwise.
+
+Instruments write their Bluesky documents directly (`add_documents`, as the run emits them): raw data
+beside the log, which the conductor reads on resume to tell a finished step from an interrupted one.
+One conductor holds a campaign at a time (athanor/lease.py). A lost connection is retried with backoff
+for `retry_s` seconds (the caller waits meanwhile); past that, `StoreUnavailable` says so in one line.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import time
 from datetime import timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from sqlalchemy import create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from athanor.documents import decode_nonfinite, encode_nonfinite
 from athanor.errors import AthanorError
 from athanor.messages import (
     ApprovalDecision,
@@ -26,6 +36,8 @@ from athanor.messages import (
     Message,
     ModelUpdate,
     SynthesisRecipe,
+    StepIntent,
+    StepInterrupted,
     SynthesisResult,
     parse_message,
     to_wire,
@@ -61,6 +73,53 @@ MEASURED = {"characterized", "learned"}
 
 
 DERIVED = (ApprovalRow, MeasurementRow, SampleRow)
+RETRY_S = 60.0  # how long a lost database connection is retried before the campaign stops
+
+
+class StoreUnavailable(AthanorError):
+    """The database could not be reached for longer than the store's `retry_s`."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """A lost or refused connection, or a locked SQLite file: worth waiting for. A missing table or
+    column is not, and is raised at once."""
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    text_ = str(exc.orig).lower()
+    if "sqlite" in type(exc.orig).__module__:
+        return "locked" in text_ or "unable to open" in text_ or "disk i/o" in text_
+    return isinstance(exc, OperationalError)
+
+
+def _retrying(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = None, 0.2
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except DBAPIError as exc:
+                self.retrying = True
+                if not _transient(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self.retry_s
+                reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+                if now >= deadline:
+                    raise StoreUnavailable(
+                        f"the store at {self.safe_url} has been unreachable for {self.retry_s:g} s ({reason}); "
+                        "the campaign stopped with everything measured kept: resume it with --resume") from None
+                if self.on_outage is not None:
+                    self.on_outage(reason)
+                self.engine.dispose()  # connections to a restarted server are dead: make new ones
+                time.sleep(min(delay, deadline - now))
+                delay = min(2 * delay, 5.0)
+            finally:
+                self.retrying = False
+    return wrapper  # type: ignore[return-value]
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -85,26 +144,40 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _strict_json(value: Any) -> str:
+    # NaN is not JSON: PostgreSQL refuses it, and SQLite would keep a file other readers choke on.
+    return json.dumps(value, allow_nan=False)
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.drivername == "postgresql":  # psycopg 3 is the driver we ship
         parsed = parsed.set(drivername="postgresql+psycopg")
-    engine = create_engine(parsed, future=True)
+    options: dict[str, Any] = {"future": True, "json_serializer": _strict_json, "pool_pre_ping": True}
+    if parsed.get_backend_name() == "postgresql":
+        options["connect_args"] = {"connect_timeout": 5}
+    engine = create_engine(parsed, **options)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 
 class Store:
-    def __init__(self, url: str, campaign_id: str):
+    def __init__(self, url: str, campaign_id: str, retry_s: float = RETRY_S):
         self.url = url
         self.campaign_id = campaign_id
+        self.retry_s = retry_s
+        self.on_outage: Callable[[str], None] | None = None  # told each time a retry waits
+        self.safe_url = make_url(url).render_as_string(hide_password=True)
+        self.lease_holder: str | None = None
+        self.retrying = False  # an append retried after a lost connection may find its commit went through
         try:
             self.engine = make_engine(url)
             Base.metadata.create_all(self.engine)
             _add_missing_columns(self.engine)
         except Exception as exc:  # noqa: BLE001 -- any driver error becomes one clear line
-            raise AthanorError(f"cannot open the store at {url}: {exc}") from None
+            raise AthanorError(f"cannot open the store at {self.safe_url}: "
+                               f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]}") from None
 
     # --- campaign ---------------------------------------------------------------------------
     def register_campaign(self, name: str, spec: dict[str, Any], replace: bool = False) -> None:
@@ -122,31 +195,38 @@ class Store:
             return None if row is None else dict(row.spec)
 
     # --- the log ----------------------------------------------------------------------------
-    def append(self, message: Message, documents: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
-        """Log a message, update the derived tables, and keep its Bluesky documents, atomically."""
+    @_retrying
+    def append(self, message: Message, documents: Iterable[tuple[str, dict[str, Any]]] = ()) -> list[dict[str, Any]]:
+        """Log a message, update the derived tables, and keep any Bluesky documents, atomically.
+        Returns the samples the message changed, as `samples()` shows them (the conductor's memory)."""
         if message.campaign_id != self.campaign_id:
             raise ValueError(f"message for campaign {message.campaign_id} sent to {self.campaign_id}")
         with Session(self.engine) as s, s.begin():
-            s.add(
-                EventRow(
-                    id=message.id,
-                    campaign_id=message.campaign_id,
-                    kind=message.kind,
-                    sample_id=message.sample_id,
-                    causation_id=message.causation_id,
-                    sender=message.sender,
-                    created_at=message.created_at.astimezone(timezone.utc),
-                    body=to_wire(message),
-                )
-            )
-            _apply(s, message)
-            run_of_descriptor: dict[str, str] = {}
-            for name, doc in documents:
-                if name == "descriptor":
-                    run_of_descriptor[doc["uid"]] = doc["run_start"]
-                run_uid = doc.get("run_start") or run_of_descriptor.get(doc.get("descriptor", "")) or doc.get("uid", "")
-                s.add(DocumentRow(campaign_id=self.campaign_id, sample_id=message.sample_id, event_id=message.id,
-                                  run_uid=run_uid, name=name, body=doc))
+            if not self.retrying or s.scalar(select(EventRow.seq).where(EventRow.id == message.id)) is None:
+                s.add(EventRow(id=message.id, campaign_id=message.campaign_id, kind=message.kind,
+                               sample_id=message.sample_id, causation_id=message.causation_id,
+                               sender=message.sender, created_at=message.created_at.astimezone(timezone.utc),
+                               body=to_wire(message)))
+                touched = _apply(s, message)
+                _add_documents(s, self.campaign_id, list(documents), message.sample_id, event_id=message.id)
+            else:
+                touched = _rows(s, message)
+            s.flush()
+            return [_sample_dict(row, _measurement(s, row)) for row in touched]
+
+    @_retrying
+    def add_documents(self, documents: list[tuple[str, dict[str, Any]]], sample_id: str | None,
+                      key: str | None = None, step: str | None = None, run_uid: str | None = None) -> None:
+        """Keep an instrument's documents as its run emits them (not a log message: raw data)."""
+        with Session(self.engine) as s, s.begin():
+            _add_documents(s, self.campaign_id, documents, sample_id, key=key, step=step, run_uid=run_uid)
+
+    def step_documents(self, key: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every stored document of the runs a step's idempotency key started, in emission order."""
+        with Session(self.engine) as s:
+            rows = s.scalars(select(DocumentRow).where(DocumentRow.campaign_id == self.campaign_id,
+                                                       DocumentRow.idempotency_key == key).order_by(DocumentRow.id))
+            return [(r.name, decode_nonfinite(r.body, r.nonfinite)) for r in rows]
 
     def events(self, sample_id: str | None = None, kind: str | None = None) -> list[Message]:
         query = select(EventRow.body).where(EventRow.campaign_id == self.campaign_id)
@@ -249,7 +329,41 @@ class Store:
         with Session(self.engine) as s:
             query = select(DocumentRow).where(DocumentRow.campaign_id == self.campaign_id, DocumentRow.sample_id == sample_id)
             rows = s.scalars(query.order_by(DocumentRow.id))
-            return [{"name": r.name, "run_uid": r.run_uid, "doc": r.body} for r in rows]
+            return [{"name": r.name, "run_uid": r.run_uid, "step": r.step, "idempotency_key": r.idempotency_key,
+                     "doc": decode_nonfinite(r.body, r.nonfinite)} for r in rows]
+
+    def last_intents(self, sample_ids: Iterable[str]) -> dict[tuple[str, str], StepIntent]:
+        """The latest intent of each step of these samples (what resume reconciles)."""
+        ids, found = list(sample_ids), {}
+        with Session(self.engine) as s:
+            for i in range(0, len(ids), 500):
+                query = select(EventRow.body).where(EventRow.campaign_id == self.campaign_id, EventRow.kind == "step_intent",
+                                                    EventRow.sample_id.in_(ids[i:i + 500])).order_by(EventRow.seq)
+                for body in s.scalars(query):
+                    intent = parse_message(body)
+                    found[(intent.sample_id, intent.step)] = intent
+        return found
+
+    # --- the conductor's lease (athanor/lease.py) ---------------------------------------------
+    @_retrying
+    def acquire_lease(self) -> dict[str, Any] | None:
+        from athanor.lease import acquire
+
+        return acquire(self)
+
+    @_retrying
+    def heartbeat(self) -> None:
+        from athanor.lease import heartbeat
+
+        heartbeat(self)
+
+    def release_lease(self) -> None:
+        from athanor.lease import release
+
+        try:
+            release(self)
+        except DBAPIError:  # a store that is down keeps the lease until it goes stale
+            pass
 
     # --- inbox ------------------------------------------------------------------------------
     def post_command(self, command: dict[str, Any]) -> None:
@@ -268,6 +382,7 @@ class Store:
                 row.consumed_at = now
             return [dict(r.command) for r in rows]
 
+    @_retrying
     def pending_commands(self) -> list[tuple[int, Any]]:
         """Unconsumed commands with their ids, left in the inbox until `consume`."""
         with Session(self.engine) as s:
@@ -278,6 +393,7 @@ class Store:
             ).all()
             return [(r.id, r.command) for r in rows]  # as stored: the conductor refuses what is not a command
 
+    @_retrying
     def consume(self, command_id: int) -> None:
         with Session(self.engine) as s, s.begin():
             row = s.get(InboxRow, command_id)
@@ -301,9 +417,42 @@ def _sample_dict(row: SampleRow, measurement: MeasurementRow | None) -> dict[str
         "recipe": row.recipe,
         "product": row.product,
         "error": row.error,
+        "interrupted": row.interrupted,
         "values": dict(measurement.values) if measurement else {},
         "uncertainties": dict(measurement.uncertainties) if measurement else {},
+        "measured_at": measurement.measured_at.astimezone(timezone.utc).isoformat() if measurement else None,
     }
+
+
+def _measurement(s: Session, row: SampleRow) -> MeasurementRow | None:
+    if row.state not in MEASURED and row.state != "failed":  # nothing else can have one
+        return None
+    return s.scalar(select(MeasurementRow).where(MeasurementRow.campaign_id == row.campaign_id,
+                                                 MeasurementRow.sample_id == row.id))
+
+
+def _rows(s: Session, m: Message) -> list[SampleRow]:
+    """The samples a message is about."""
+    ids = [c.sample_id for c in m.candidates] if isinstance(m, DesignProposal) else [m.sample_id]
+    if not any(ids):
+        return []
+    return list(s.scalars(select(SampleRow).where(SampleRow.campaign_id == m.campaign_id, SampleRow.id.in_(ids))))
+
+
+def _add_documents(s: Session, campaign_id: str, documents: list[tuple[str, dict[str, Any]]],
+                   sample_id: str | None, event_id: str = "", key: str | None = None, step: str | None = None,
+                   run_uid: str | None = None) -> None:
+    run_of_descriptor: dict[str, str] = {}
+    for name, doc in documents:
+        if name == "descriptor":
+            run_of_descriptor[doc["uid"]] = doc["run_start"]
+        run = (doc.get("run_start") or run_of_descriptor.get(doc.get("descriptor", "")) or run_uid
+               or doc.get("uid", ""))
+        body, nonfinite = encode_nonfinite(doc)
+        s.add(DocumentRow(campaign_id=campaign_id, sample_id=sample_id or "", event_id=event_id, run_uid=run,
+                          name=name, body=body, nonfinite=nonfinite or None,
+                          idempotency_key=key or (doc.get("idempotency_key") if name == "start" else None),
+                          step=step or (doc.get("step") if name == "start" else None)))
 
 
 def _row(s: Session, m: Message) -> SampleRow:
@@ -327,24 +476,36 @@ def _move(s: Session, campaign_id: str, sample_id: str | None, state: str, stay:
     return row
 
 
-def _apply(s: Session, m: Message) -> None:
-    """Update the derived tables for one logged message (the only place state changes)."""
+def _apply(s: Session, m: Message) -> list[SampleRow]:
+    """Update the derived tables for one logged message (the only place state changes); returns the
+    samples it changed."""
     if isinstance(m, DesignProposal):
-        seq = s.scalar(select(func.count()).select_from(SampleRow).where(SampleRow.campaign_id == m.campaign_id))
-        for i, c in enumerate(m.candidates):
-            s.add(SampleRow(
-                id=c.sample_id, campaign_id=m.campaign_id, seq=(seq or 0) + i, batch=m.batch,
-                state="proposed", inputs=dict(c.inputs), pool_index=c.pool_index,
-                candidate={**c.model_dump(mode="json"), "proposal_id": m.id}, awaiting_approval=False, updated_at=m.created_at,
-            ))
-    elif isinstance(m, ApprovalRequest):
-        _move(s, m.campaign_id, m.sample_id, "proposed", stay=True, awaiting_approval=True)
-    elif isinstance(m, ApprovalDecision):
+        seq = s.scalar(select(func.max(SampleRow.seq)).where(SampleRow.campaign_id == m.campaign_id))
+        rows = [SampleRow(
+            id=c.sample_id, campaign_id=m.campaign_id, seq=(-1 if seq is None else seq) + 1 + i, batch=m.batch,
+            state="proposed", inputs=dict(c.inputs), pool_index=c.pool_index,
+            candidate={**c.model_dump(mode="json"), "proposal_id": m.id}, awaiting_approval=False,
+            updated_at=m.created_at) for i, c in enumerate(m.candidates)]
+        s.add_all(rows)
+        return rows
+    if isinstance(m, ApprovalRequest):  # a proposal, or an interrupted step that waits for an operator
+        row = _row(s, m)
+        interrupted = row.interrupted is not None and row.state in ("planned", "synthesized")
+        return [_move(s, m.campaign_id, m.sample_id, row.state if interrupted else "proposed", stay=True,
+                      awaiting_approval=True)]
+    if isinstance(m, ApprovalDecision):
+        row = _row(s, m)
         revised = m.approved and m.edited_inputs is not None
-        state = "rejected" if not m.approved else "proposed" if revised else "approved" if _row(s, m).recipe is None \
-            else "planned"
-        row = _move(s, m.campaign_id, m.sample_id, state, stay=revised, awaiting_approval=False,
-                    error=None if m.approved else f"rejected by {m.decided_by}: {m.reason}")
+        if row.state != "proposed" and not row.awaiting_approval:
+            raise ValueError(f"sample {m.sample_id} is {row.state} and waits for no decision")
+        if row.state != "proposed":  # an interrupted step: approval runs it again, rejection fails the sample
+            state, error = (row.state, row.error) if m.approved else \
+                ("failed", f"{row.interrupted}; not run again: {m.decided_by}: {m.reason}")
+        else:
+            state = "rejected" if not m.approved else "proposed" if revised else \
+                "approved" if row.recipe is None else "planned"
+            error = None if m.approved else f"rejected by {m.decided_by}: {m.reason}"
+        row = _move(s, m.campaign_id, m.sample_id, state, stay=True, awaiting_approval=False, error=error)
         if revised:  # planned and judged again; the prediction was for the designer's inputs, not these
             row.candidate = {**row.candidate, "inputs": dict(m.edited_inputs), "edited_from": row.inputs,
                              "pool_index": m.edited_pool_index, "predicted": {}, "acquisition_value": None}
@@ -353,18 +514,26 @@ def _apply(s: Session, m: Message) -> None:
                           decided_by=m.decided_by, channel=m.channel, reason=m.reason,
                           edited_inputs=m.edited_inputs, transcript=m.transcript or None,
                           decided_at=m.created_at, event_id=m.id))
-    elif isinstance(m, SynthesisRecipe):  # before approval it is shown with the proposal; after, it is the plan
-        _move(s, m.campaign_id, m.sample_id, "proposed" if _row(s, m).state == "proposed" else "planned",
-              stay=True, recipe=to_wire(m))
-    elif isinstance(m, SynthesisResult):
-        _move(s, m.campaign_id, m.sample_id, "synthesized", product=dict(m.product))
-    elif isinstance(m, Measurement):
-        _move(s, m.campaign_id, m.sample_id, "characterized")
+        return [row]
+    if isinstance(m, StepInterrupted):
+        row = _row(s, m)
+        said = f"{m.step} interrupted: {m.reason}"
+        if m.action == "fail":
+            return [_move(s, m.campaign_id, m.sample_id, "failed", interrupted=said, error=said)]
+        return [_move(s, m.campaign_id, m.sample_id, row.state, stay=True, interrupted=said)]
+    if isinstance(m, SynthesisRecipe):  # before approval it is shown with the proposal; after, it is the plan
+        return [_move(s, m.campaign_id, m.sample_id, "proposed" if _row(s, m).state == "proposed" else "planned",
+                      stay=True, recipe=to_wire(m))]
+    if isinstance(m, SynthesisResult):
+        return [_move(s, m.campaign_id, m.sample_id, "synthesized", product=dict(m.product))]
+    if isinstance(m, Measurement):
+        row = _move(s, m.campaign_id, m.sample_id, "characterized")
         s.add(MeasurementRow(sample_id=m.sample_id, campaign_id=m.campaign_id, instrument=m.instrument,
                              values=dict(m.values), uncertainties=dict(m.uncertainties),
                              event_id=m.id, measured_at=m.created_at))
-    elif isinstance(m, ModelUpdate) and m.sample_id is not None:
-        _move(s, m.campaign_id, m.sample_id, "learned")
-    elif isinstance(m, Fault) and m.sample_id is not None and m.fatal_for_sample:
-        _move(s, m.campaign_id, m.sample_id, "failed", error=f"{m.step}: {m.error}")
-
+        return [row]
+    if isinstance(m, ModelUpdate) and m.sample_id is not None:
+        return [_move(s, m.campaign_id, m.sample_id, "learned")]
+    if isinstance(m, Fault) and m.sample_id is not None and m.fatal_for_sample:
+        return [_move(s, m.campaign_id, m.sample_id, "failed", error=f"{m.step}: {m.error}")]
+    return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -36,7 +36,7 @@ class EventRow(Base):
 
 class SampleRow(Base):
     __tablename__ = "samples"
-    __table_args__ = (UniqueConstraint("campaign_id", "id"),)
+    __table_args__ = (UniqueConstraint("campaign_id", "id"), Index("ix_samples_campaign_seq", "campaign_id", "seq"))
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64))
     campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"), index=True)
@@ -50,6 +50,7 @@ class SampleRow(Base):
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     product: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    interrupted: Mapped[str | None] = mapped_column(Text)  # the last interrupted step, said in words
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -83,16 +84,34 @@ class ApprovalRow(Base):
 
 
 class DocumentRow(Base):
-    """A Bluesky event-model document, linked to the sample and step whose run produced it."""
+    """A Bluesky event-model document, written by the instrument as its run emits it, linked to the
+    sample and to the step by its idempotency key. JSON has no NaN or infinity: such numbers are
+    stored as null in `body`, and `nonfinite` maps each one's JSON pointer to "NaN", "Infinity" or
+    "-Infinity" so they read back as they were."""
 
     __tablename__ = "documents"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     campaign_id: Mapped[str] = mapped_column(String(64), index=True)
     sample_id: Mapped[str] = mapped_column(String(64), index=True)
-    event_id: Mapped[str] = mapped_column(String(64), index=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True, default="")  # "" when streamed by an instrument
     run_uid: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str] = mapped_column(String(20))
     body: Mapped[dict[str, Any]]
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), index=True)
+    step: Mapped[str | None] = mapped_column(String(20))
+    nonfinite: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class LeaseRow(Base):
+    """Who conducts a campaign: one holder at a time, alive while its heartbeat is fresh."""
+
+    __tablename__ = "leases"
+    campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))  # host:pid:token
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class InboxRow(Base):

@@ -13,6 +13,7 @@ class DirectRoute:
     """The candidate's inputs are the process parameters: nothing to derive."""
 
     name = "direct"
+    learns = False  # it never reads `history`, so the planner need not gather it
 
     def plan(self, inputs: dict[str, Any], pool_index: int | None,
              history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:

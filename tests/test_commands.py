@@ -105,16 +105,16 @@ def test_time_paused_does_not_count_toward_approval_timeouts(run_dir):
     store, spec = open_run(run_dir)
     spec = spec.model_copy(update={"approval": spec.approval.model_copy(update={"timeout_s": 0.5})})
     c = Conductor(spec, store, agents=None)
-    assert not c._expire(store.samples())  # the clocks start
+    assert not c._expire()  # the clocks start
     commands.control(store, spec, "pause", "ada")
     c._consume_inbox()
     time.sleep(0.8)
-    assert not c._expire(store.samples())  # paused: nothing expires
+    assert not c._expire()  # paused: nothing expires
     commands.control(store, spec, "resume", "ada")
     c._consume_inbox()
-    assert not c._expire(store.samples())  # and the pause does not count afterwards
+    assert not c._expire()  # and the pause does not count afterwards
     time.sleep(0.6)
-    assert c._expire(store.samples()) and store.sample("S0003")["state"] == "rejected"
+    assert c._expire() and store.sample("S0003")["state"] == "rejected"
 
 
 def test_a_store_written_before_a_column_was_added_opens_and_rebuilds(run_dir):

@@ -55,7 +55,7 @@ def alloy(n, seed=0, noise=0.03):
 
 
 def update(agent, samples):
-    wire = agent.update(samples[-1]["id"], None, samples)
+    wire = agent.update(samples[-1]["id"], None, {"start": 0, "records": samples})
     message = parse_message(wire)  # the wire form validates: every metric finite
     assert isinstance(message, ModelUpdate)
     assert all(math.isfinite(v) for v in message.metrics.values())

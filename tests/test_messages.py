@@ -24,6 +24,7 @@ from athanor.messages import (
     ModelUpdate,
     Prediction,
     StepIntent,
+    StepInterrupted,
     SynthesisRecipe,
     SynthesisRequest,
     SynthesisResult,
@@ -44,7 +45,7 @@ def _all_kinds() -> set[str]:
 def _examples() -> list[M.BaseModel]:
     return [
         CampaignEvent(**ENV, event="ended", status="converged", detail={"n": 3, "why": ["budget"]}),
-        DesignRequest(**ENV, n=4, batch=2, history_ids=["a", "b"], pending_ids=["c"]),
+        DesignRequest(**ENV, n=4, batch=2, history_through_batch=0, n_history=2, pending_ids=["c"]),
         DesignProposal(
             **ENV, batch=1, strategy="sobol", model_version="gp-3",
             candidates=[
@@ -57,7 +58,10 @@ def _examples() -> list[M.BaseModel]:
         ApprovalRequest(**ENV, policy="always", reason="policy asks a person"),
         ApprovalDecision(**ENV, approved=False, decided_by="alice", channel="chat", reason="too costly"),
         StepIntent(**ENV, step="synthesize", idempotency_key="s-1:synthesize", target="synthesizer"),
-        SynthesisRequest(**ENV, inputs={"x": 0.5, "solvent": "water"}, pool_index=3),
+        StepInterrupted(**ENV, step="synthesize", idempotency_key="s-1:synthesize", run_uid="r0",
+                        started_at=datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc), action="ask",
+                        reason="run r0 started and never finished"),
+        SynthesisRequest(**ENV, inputs={"x": 0.5, "solvent": "water"}, pool_index=3, history_through_batch=1),
         SynthesisRecipe(**ENV, route="direct", inputs={"x": 0.5}, pool_index=3,
                         precursors=[{"formula": "Fe2O3", "mass_g": 1.25}],
                         steps=[{"action": "heat", "T_C": 900, "hold_h": 2.5}]),
@@ -77,7 +81,7 @@ EXAMPLES = _examples()
 def test_examples_cover_every_kind():
     kinds = {m.kind for m in EXAMPLES}
     assert kinds == _all_kinds()
-    assert len(kinds) == len(EXAMPLES) == 13
+    assert len(kinds) == len(EXAMPLES) == 14
 
 
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.kind)
@@ -180,7 +184,7 @@ def test_extra_field_rejected_on_construction():
 
 
 def test_missing_required_field_rejected():
-    wire = to_wire(EXAMPLES[10])
+    wire = to_wire(next(m for m in EXAMPLES if m.kind == "measurement"))
     del wire["instrument"]
     with pytest.raises(ValidationError):
         parse_message(wire)
@@ -206,11 +210,11 @@ def test_measurement_non_finite_value_rejected(bad):
 
 
 def test_measurement_nan_rejected_from_wire():
-    wire = to_wire(EXAMPLES[10])
+    wire = to_wire(next(m for m in EXAMPLES if m.kind == "measurement"))
     wire["values"] = {"y": float("nan")}
     with pytest.raises(ValidationError):
         parse_message(wire)
-    text = json.dumps(to_wire(EXAMPLES[10])).replace('"y": 1.25', '"y": NaN')
+    text = json.dumps(to_wire(next(m for m in EXAMPLES if m.kind == "measurement"))).replace('"y": 1.25', '"y": NaN')
     assert "NaN" in text
     with pytest.raises(ValidationError):
         parse_message(text)

@@ -1,0 +1,73 @@
+"""What the agents that need history have been sent: each finished sample once, in a fixed order.
+
+The designer needs every finished sample of the batches it may see, the planner's route the recipes
+and outcomes of finished samples, the learner every measurement. Sending each the whole campaign per
+call made a sample's cost grow with the campaign; instead each agent keeps a `History` (agents/common.py)
+that the conductor extends with what is new since the last call: `{"start": position, "records": [...]}`.
+An agent whose history is shorter than `start` (an actor restarted) answers `{"resync": true}` and is
+sent everything again. Positions never change meaning: records are appended, never revised, and only
+samples whose record can no longer change (finished, or measured) are sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TERMINAL = ("learned", "rejected", "failed")
+FEEDS = ("designer", "planner", "learner")
+
+
+def record(feed: str, s: dict[str, Any]) -> dict[str, Any]:
+    if feed == "designer":
+        return {"seq": s["seq"], "inputs": s["inputs"], "values": s["values"], "pool_index": s["pool_index"],
+                "failed": s["state"] in ("failed", "rejected")}
+    if feed == "planner":
+        return {"seq": s["seq"], "batch": s["batch"], "sample_id": s["id"], "recipe": s["recipe"],
+                "state": s["state"], "values": s["values"]}
+    return {"id": s["id"], "seq": s["seq"], "batch": s["batch"], "inputs": s["inputs"], "values": s["values"],
+            "state": s["state"], "pool_index": s["pool_index"]}
+
+
+class Feeds:
+    def __init__(self, samples: dict[str, dict[str, Any]], open_samples: dict[str, dict[str, Any]]):
+        self.samples, self.open = samples, open_samples  # the conductor's memory, shared
+        self.next_batch = 0
+        self.sent: dict[str, list[str]] = {f: [] for f in FEEDS}  # sample ids, in the order agents got them
+        self.cursor: dict[str, int] = {f: 0 for f in FEEDS}
+        self.ready: dict[str, dict[str, None]] = {f: {} for f in FEEDS}  # may be sent, not yet queued
+        self._queued: set[tuple[str, str]] = set()
+
+    def saw(self, s: dict[str, Any]) -> None:
+        """Called for every sample the conductor loads or changes."""
+        self.next_batch = max(self.next_batch, s["batch"] + 1)
+        finished = s["state"] in TERMINAL and not s["awaiting_approval"]
+        for feed, ready in (("designer", finished), ("planner", finished and bool(s["recipe"])),
+                            ("learner", bool(s["values"]) and s["state"] != "failed")):
+            if ready and (feed, s["id"]) not in self._queued:
+                self.ready[feed][s["id"]] = None
+
+    def _queue(self, feed: str, ids: list[str]) -> None:
+        for sample_id in sorted(ids, key=lambda i: self.samples[i]["seq"]):
+            self.ready[feed].pop(sample_id, None)
+            self._queued.add((feed, sample_id))
+            self.sent[feed].append(sample_id)
+
+    def design_history(self, cutoff: int) -> tuple[int, list[dict[str, Any]]]:
+        """Queue for the designer the finished samples of batches ≤ cutoff and every rejected one; return
+        how many it will know, and the samples it must treat as pending (all others)."""
+        self._queue("designer", [i for i in self.ready["designer"]
+                                 if self.samples[i]["batch"] <= cutoff or self.samples[i]["state"] == "rejected"])
+        pending = {**self.open, **{i: self.samples[i] for i in self.ready["designer"]}}
+        return len(self.sent["designer"]), sorted(pending.values(), key=lambda s: s["seq"])
+
+    def next(self, feed: str) -> dict[str, Any]:
+        """What is new for this agent since the last call (and, for the planner and learner, queue all ready)."""
+        if feed != "designer":
+            self._queue(feed, list(self.ready[feed]))
+        start = self.cursor[feed]
+        self.cursor[feed] = len(self.sent[feed])
+        return {"start": start, "records": [record(feed, self.samples[i]) for i in self.sent[feed][start:]]}
+
+    def everything(self, feed: str) -> dict[str, Any]:
+        self.cursor[feed] = len(self.sent[feed])
+        return {"start": 0, "records": [record(feed, self.samples[i]) for i in self.sent[feed]]}
