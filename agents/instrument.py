@@ -47,7 +47,7 @@ class InstrumentAgent(Agent):
         if store_url is not None:
             from athanor.store import Store
 
-            self.store = Store(store_url, campaign_id)
+            self.store = Store(store_url, campaign_id, retry_s=self.spec.store_retry_s)
         self.sink = DocumentSink(self.store.add_documents if self.store is not None else _keep)
 
     def run(self, request: dict[str, Any], key: str) -> dict[str, Any]:

@@ -37,9 +37,11 @@ def open_run(out: str | Path) -> tuple[Store, Campaign]:
     store = Store(url, campaign_id)
     spec = store.campaign_spec()
     if spec is None:
-        raise AthanorError(f"{out}: the store at {url} holds no campaign {campaign_id}")
+        raise AthanorError(f"{out}: the store at {store.safe_url} holds no campaign {campaign_id}")
     try:
-        return store, Campaign.model_validate(spec)
+        campaign = Campaign.model_validate(spec)
+        store.retry_s = campaign.store_retry_s
+        return store, campaign
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -97,7 +99,7 @@ def prepare(config: str | Path, out: str | Path, resume: bool = False, seed: int
     out.mkdir(parents=True, exist_ok=True)
     campaign_id = f"{spec.campaign}-{uuid.uuid4().hex[:8]}"
     url = spec.store_url or f"sqlite:///{(out / 'campaign.db').resolve()}"
-    store = Store(url, campaign_id)
+    store = Store(url, campaign_id, retry_s=spec.store_retry_s)
     store.register_campaign(spec.campaign, spec.model_dump(mode="json"))
     store.acquire_lease()
     (out / RUN_FILE).write_text(json.dumps({"campaign_id": campaign_id, "store_url": url,

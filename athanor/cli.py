@@ -26,6 +26,15 @@ def _run(args: argparse.Namespace) -> int:
     store, spec = prepare(args.config, args.out, resume=args.resume, seed=args.seed,
                           max_experiments=args.max_experiments, approval=args.approval,
                           ray_address=args.ray_address, wall_time_s=args.wall_time)
+    outage: list[str] = []
+
+    def on_outage(reason: str) -> None:  # said once: the store retries quietly until it is back or time is up
+        if not outage:
+            outage.append(reason)
+            print(f"athanor: the store is unreachable ({reason}); the campaign waits for it up to "
+                  f"{spec.store_retry_s:g} s", file=sys.stderr)
+
+    store.on_outage = on_outage
     if store.controls()["paused"]:
         print(f"{spec.campaign} is paused: nothing starts until `athanor unpause {args.out}`", file=sys.stderr)
     bar = tqdm(total=spec.budget.experiments, desc=spec.campaign, unit="exp", disable=args.quiet or None)

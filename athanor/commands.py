@@ -124,6 +124,9 @@ def problems(command: OperatorCommand, samples: Sequence[dict[str, Any]], spec: 
             out.append(f"no sample {command.sample_id!r} in this campaign")
         elif not sample["awaiting_approval"]:
             out.append(f"sample {sample['id']} is {sample['state']}, not awaiting approval")
+        elif command.action == "edit" and sample["state"] != "proposed":
+            out.append(f"sample {sample['id']} is {sample['state']} with an interrupted step: it cannot be edited; "
+                       "approve to run the step again or reject to fail the sample")
         if command.action == "reject" and not command.reason.strip():
             out.append("a rejection needs a reason")
         if command.action == "edit":

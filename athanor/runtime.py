@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,41 @@ def start_agents(spec: Campaign, campaign_id: str, store_url: str | None = None)
         stop_agents(agents)
         raise AthanorError(f"an agent failed to start: {error_line(exc)}") from None
     return agents
+
+
+class InProcess:
+    """An agent called in this process the way the conductor calls an actor: `handle.method.remote(*args)`
+    gives an awaitable, and the arguments are copied as Ray would serialize them. For fast tests and
+    dry runs of the conductor's logic; campaigns run their agents as actors."""
+
+    def __init__(self, agent: Any):
+        self.agent = agent
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.agent, name)
+
+        class _Method:
+            @staticmethod
+            def remote(*args: Any) -> Any:
+                copied = copy.deepcopy(args)
+
+                async def call() -> Any:
+                    return method(*copied)
+                return call()
+        return _Method
+
+
+def local_agents(spec: Campaign, campaign_id: str, store_url: str | None = None) -> Agents:
+    """The campaign's agents as plain objects in this process (see `InProcess`)."""
+    wire = spec.model_dump(mode="json")
+    synth = spec.instrument("synthesis").name
+    probe = spec.instrument("characterization").name
+    return Agents(
+        designer=InProcess(DesignerAgent(wire, campaign_id)), planner=InProcess(PlannerAgent(wire, campaign_id)),
+        characterizer=InProcess(CharacterizerAgent(wire, campaign_id)), learner=InProcess(LearnerAgent(wire, campaign_id)),
+        synthesizer=InProcess(InstrumentAgent(wire, campaign_id, synth, store_url)),
+        probe=InProcess(InstrumentAgent(wire, campaign_id, probe, store_url)),
+        synthesizer_name=synth, probe_name=probe)
 
 
 def stop_agents(agents: Agents) -> None:

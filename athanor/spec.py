@@ -279,6 +279,8 @@ class Campaign(_Strict):
     instruments: list[InstrumentSpec] = Field(default_factory=default_instruments)
     approval: ApprovalSpec = ApprovalSpec()
     store_url: str | None = None
+    store_retry_s: float = Field(default=60.0, ge=0, description="how long a lost database connection is retried, "
+                                 "the campaign waiting meanwhile, before it stops (resume it with --resume)")
     ray_address: str | None = None
 
     @model_validator(mode="after")
