@@ -102,7 +102,7 @@ def heartbeat(store: Any) -> None:
         if renewed.rowcount == 1:
             return
         row = s.get(LeaseRow, store.campaign_id)
-    who = _describe(row, utcnow()) if row is not None else "released"
+        who = _describe(row, utcnow()) if row is not None else "released"
     raise LeaseLost(f"this conductor lost campaign {store.campaign_id}: it is now {who}; stopping")
 
 

@@ -392,7 +392,7 @@ def _row_problems(path: Path, columns: list[tuple[tuple[Any, ...], str]], n_inpu
         place[column] = loc
     cells = pool.cell_problems(path, table, inputs, outputs)
     problems = [_format(source, root, place[p.column], f"{path.name} {p}") for p in cells]
-    batch = data.get("batch_size", 4)
+    batch = data.get("batch_size", Campaign.model_fields["batch_size"].default)
     if (any(p.column in inputs for p in cells) or len(inputs) < n_inputs
             or not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
         return problems  # rows that cannot be counted yet, or a batch size the schema reports

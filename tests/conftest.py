@@ -60,3 +60,19 @@ approval:
   policy: {approval}
 """)
     return path
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for the session (tests/helpers_pg.py); skips where none can run.
+    A test that stops it starts it again before it ends."""
+    from helpers_pg import PostgresServer, Unavailable
+
+    try:
+        server = PostgresServer()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()

@@ -1,16 +1,9 @@
-"""The same store on PostgreSQL, by URL, against a throwaway server started for this module."""
+"""The same store on PostgreSQL, by URL, against the session's throwaway server (`pg_server`)."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -31,87 +24,10 @@ from athanor.messages import (  # noqa: E402
 from athanor.store import Store  # noqa: E402
 
 
-def _pg_bin() -> Path | None:
-    candidates = [os.environ.get("ATHANOR_PG_BIN", ""), "/usr/lib/postgresql/15/bin",
-                  *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
-    which = shutil.which("pg_ctl")
-    if which:
-        candidates.append(str(Path(which).parent))
-    for folder in candidates:
-        if folder and all((Path(folder) / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
-            return Path(folder)
-    return None
-
-
-PG_BIN = _pg_bin()
-pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server binaries (initdb, pg_ctl, postgres) not found")
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: drop to the `postgres` user when we are root."""
-    if os.geteuid() != 0:
-        return args
-    return ["runuser", "-u", "postgres", "--", *args]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _temp_parent() -> str | None:
-    """A temp folder the `postgres` user can reach (a root-only TMPDIR would lock it out)."""
-    if os.geteuid() != 0:
-        return None
-    base = Path(tempfile.gettempdir()).resolve()
-    if all(os.stat(p).st_mode & 0o001 for p in [base, *base.parents]):
-        return str(base)
-    return "/tmp"
-
-
-def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(_as_postgres(args), check=True, capture_output=True, text=True, timeout=120, **kw)
-
-
 @pytest.fixture(scope="module")
-def pg_url():
-    if os.geteuid() == 0:
-        try:
-            import pwd
-
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server as")
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root and 'runuser' is not available")
-    root = Path(tempfile.mkdtemp(prefix="athanor-pg-", dir=_temp_parent()))
-    data, sockets, log = root / "data", root / "sock", root / "server.log"
-    sockets.mkdir()
-    if os.geteuid() == 0:
-        for path in (root, sockets):
-            os.chown(path, pw.pw_uid, pw.pw_gid)
-    port = _free_port()
-    started = False
-    try:
-        _run([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-              "--no-sync", "--no-instructions"])
-        options = f"-h 127.0.0.1 -p {port} -k {sockets} -F -c fsync=off -c full_page_writes=off"
-        try:
-            _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                  "-o", options, "start"])
-        except subprocess.CalledProcessError as exc:
-            text = log.read_text() if log.exists() else ""
-            raise RuntimeError(f"PostgreSQL did not start: {exc.stderr}\n{text}") from None
-        started = True
-        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
-            conn.execute("CREATE DATABASE athanor")
-        yield f"postgresql://postgres@127.0.0.1:{port}/athanor"
-    finally:
-        if started:
-            subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                           capture_output=True, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
+def pg_url(pg_server):
+    """A database of its own for this module on the session's throwaway server (tests/helpers_pg.py)."""
+    return pg_server.create_database("athanor_store")
 
 
 @pytest.fixture
