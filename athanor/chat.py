@@ -30,7 +30,8 @@ from athanor.errors import AthanorError
 from athanor.messages import utcnow
 from athanor.report import decision_line, fmt, inputs_text, recipe_lines
 from athanor.spec import Campaign, CategoricalParameter
-from athanor.store import MEASURED, Store
+from athanor.lifecycle import MEASURED
+from athanor.store import Store
 
 CHANNEL = "chat"
 TRANSCRIPT = "chat-transcript.jsonl"

@@ -58,7 +58,8 @@ from athanor.messages import (
 )
 from athanor.runtime import Agents, error_line
 from athanor.spec import Campaign
-from athanor.store import TERMINAL, Store
+from athanor.lifecycle import TERMINAL
+from athanor.store import Store
 
 ACTIVE = ("approved", "planned", "synthesized", "characterized")
 POLL_S = 0.25  # how often the inbox is read while nothing else happens
@@ -346,7 +347,6 @@ class Conductor:
         through = s["batch"] - self.spec.parallel_batches
         request = SynthesisRequest(**self._env(s["id"]), inputs=s["inputs"], pool_index=s["pool_index"],
                                    history_through_batch=through)
-        self._intent(s["id"], "plan", "planner")
         self._log(request)
         reply = await self._call("plan", s["id"], lambda feed: self.agents.planner.plan.remote(to_wire(request), feed),
                                  feed="planner")
@@ -382,7 +382,6 @@ class Conductor:
             sample_id, causation_id, self.agents.probe_name, documents, duration_s)))
 
     async def _learn(self, s: dict[str, Any]) -> None:
-        self._intent(s["id"], "learn", "learner")
         final = self.used >= self.spec.budget.experiments and all(
             x["state"] in ("characterized", "learned", "failed", "rejected") for x in self.open.values())
         reply = await self._call("learn", s["id"], lambda feed: self.agents.learner.update.remote(

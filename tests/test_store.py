@@ -23,7 +23,8 @@ from athanor.messages import (
     SynthesisRecipe,
     SynthesisResult,
 )
-from athanor.store import MeasurementRow, SampleRow, Store
+from athanor.store import Store
+from athanor.tables import MeasurementRow, SampleRow
 
 CAMP = "camp-1"
 
