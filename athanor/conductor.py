@@ -27,7 +27,6 @@ once those are finished, so the same seed gives the same campaign however the st
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from typing import Any, Awaitable, Callable
@@ -36,8 +35,8 @@ from pydantic import ValidationError
 
 from athanor.approval import rule_failures
 from athanor.commands import OperatorCommand, describe, pool_row, problems
-from athanor.documents import run_outcome
 from athanor.feeds import Feeds
+from athanor.recovery import reconcile
 from athanor.lease import HEARTBEAT_S
 from athanor.messages import (
     ApprovalDecision,
@@ -50,9 +49,7 @@ from athanor.messages import (
     Message,
     ModelUpdate,
     StepIntent,
-    StepInterrupted,
     SynthesisRequest,
-    SynthesisResult,
     parse_message,
     to_wire,
 )
@@ -63,7 +60,6 @@ from athanor.store import Store
 
 ACTIVE = ("approved", "planned", "synthesized", "characterized")
 POLL_S = 0.25  # how often the inbox is read while nothing else happens
-INSTRUMENT_STEP = {"planned": "synthesize", "synthesized": "characterize"}
 
 
 class Conductor:
@@ -135,7 +131,7 @@ class Conductor:
         self.intents = self.store.last_intents(list(self.open))
         self.interrupted_keys = {e.idempotency_key for e in self.store.events(kind="step_interrupted")}
         if resumed:
-            await self._reconcile()
+            await reconcile(self)
         tasks: dict[str, asyncio.Task[None]] = {}
         design: asyncio.Task[None] | None = None
         while True:
@@ -395,50 +391,6 @@ class Conductor:
             stalled = reply.reason.startswith("improvement stalled")
             self.stop_reason, self.status_if_stopped = reply.reason, "stalled" if stalled else "target_met"
 
-    # --- after a crash: every step begun is finished, failed or interrupted -------------------
-    async def _reconcile(self) -> None:
-        for s in list(self.open.values()):
-            step = INSTRUMENT_STEP.get(s["state"])
-            intent = self.intents.get((s["id"], step)) if step else None
-            if intent is None or s["awaiting_approval"] or intent.idempotency_key in self.interrupted_keys:
-                continue  # never begun (the loop dispatches it), or already judged interrupted
-            outcome = run_outcome(self.store.step_documents(intent.idempotency_key))
-            if outcome.state == "never_started":
-                continue
-            if outcome.state == "failed":
-                self._log(Fault(**self._env(s["id"]), step=step, error=f"{outcome.reason} (found on resume)"))
-            elif outcome.state == "finished" and step == "synthesize":
-                self._log(self._recovered_synthesis(s["id"], intent, outcome))
-            elif outcome.state == "finished":
-                request = next(iter(self.store.events(s["id"], kind="characterization_request")[-1:]), None)
-                await self._interpret(s["id"], request.id if request else None, outcome.documents,
-                                      _duration(outcome.documents))
-            else:
-                self._interrupted(s, step, intent, outcome)
-
-    def _recovered_synthesis(self, sample_id: str, intent: StepIntent, outcome: Any) -> Message:
-        start = outcome.documents[0][1]
-        events = [d for n, d in outcome.documents if n == "event" and start.get("product_field") in d.get("data", {})]
-        if not events:
-            return Fault(**self._env(sample_id), step="synthesize",
-                         error=f"{outcome.reason or 'the run finished'} but its documents hold no product")
-        return SynthesisResult(**self._env(sample_id, intent.id), instrument=intent.target,
-                               product=json.loads(events[-1]["data"][start["product_field"]]),
-                               run_uids=[outcome.run_uid], duration_s=_duration(outcome.documents))
-
-    def _interrupted(self, s: dict[str, Any], step: str, intent: StepIntent, outcome: Any) -> None:
-        role = "synthesis" if step == "synthesize" else "characterization"
-        instrument = next((i for i in self.spec.instruments if i.name == intent.target), self.spec.instrument(role))
-        action = instrument.interrupted_policy
-        self._log(StepInterrupted(**self._env(s["id"], intent.id), step=step, idempotency_key=intent.idempotency_key,
-                                  run_uid=outcome.run_uid, started_at=outcome.started_at, action=action,
-                                  reason=f"{outcome.reason} on {intent.target}"))
-        self.interrupted_keys.add(intent.idempotency_key)
-        if action == "ask":
-            self._log(ApprovalRequest(**self._env(s["id"]), policy=f"on_interrupted:{action}",
-                                      reason=f"{step} was interrupted ({outcome.reason}): approve to run it again "
-                                             "as a new run, reject to fail the sample"))
-
     # --- plumbing ---------------------------------------------------------------------------
     def _env(self, sample_id: str | None = None, causation_id: str | None = None) -> dict[str, Any]:
         return {"campaign_id": self.store.campaign_id, "sample_id": sample_id,
@@ -490,11 +442,6 @@ def _uses_budget(sample: dict[str, Any]) -> bool:
     # An operator's rejection frees its slot; a timeout's does not, or an unattended campaign would
     # propose for ever.
     return sample["state"] != "rejected" or (sample["error"] or "").startswith("rejected by policy:")
-
-
-def _duration(documents: list[tuple[str, dict[str, Any]]]) -> float:
-    times = [d["time"] for n, d in documents if n in ("start", "stop") and "time" in d]
-    return max(times) - min(times) if len(times) > 1 else 0.0
 
 
 def _observation(sample: dict[str, Any]) -> dict[str, Any]:

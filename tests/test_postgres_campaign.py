@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -257,7 +258,7 @@ def test_second_conductor_on_postgres_refuses(tmp_path, ray_address, pg_server):
         _, stderr, took = finish(second, timeout=60)
         assert second.returncode == 2, stderr
         assert "held by" in stderr and stderr.startswith("athanor: error:"), stderr
-        assert took < 15, f"the second conductor took {took:.1f} s to refuse"
+        print(f"REFUSE_TOOK {took:.1f}"); assert took < 15, f"the second conductor took {took:.1f} s to refuse"
         assert first.poll() is None, "the refusal should come while the first conductor runs"
         _, first_err, _ = finish(first)
     finally:
@@ -275,17 +276,24 @@ OUTAGE_CAMPAIGN = dict(budget=BUDGET, batch_size=2, noise=0.05, seed=4)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, ray_address) -> dict[str, tuple[int, dict]]:
-    """The same campaign on SQLite with nothing in the way (the replay world is seeded by sample and
-    step, so instrument time does not change what is measured)."""
+def uninterrupted(tmp_path_factory) -> dict[str, tuple[int, dict]]:
+    """The same campaign run to its end with nothing in the way: on SQLite, its agents in this process
+    (the replay world is seeded by sample and step, and the design by batch, so neither the runtime nor
+    the instrument time changes what is measured)."""
+    from athanor.conductor import Conductor
+    from athanor.runtime import local_agents
+    from athanor.spec import load_campaign
+
     folder = tmp_path_factory.mktemp("reference")
-    config = pg_campaign(folder / "c.yaml", None, **OUTAGE_CAMPAIGN)
-    process = start_run(config, folder / "run", ray_address)
-    _, stderr, _ = finish(process)
-    assert process.returncode == 0, stderr
-    found, n_measured, _ = outcome(folder / "run")
-    assert n_measured == BUDGET
-    return found
+    spec = load_campaign(pg_campaign(folder / "c.yaml", None, **OUTAGE_CAMPAIGN))
+    store = Store(f"sqlite:///{folder}/campaign.db", "reference-0001")
+    try:
+        store.register_campaign(spec.campaign, spec.model_dump(mode="json"))
+        status = asyncio.run(Conductor(spec, store, local_agents(spec, store.campaign_id, store.url)).run())
+        assert status == "completed" and store.count_events("measurement") == BUDGET
+        return {s["id"]: (s["pool_index"], s["values"]) for s in store.samples()}
+    finally:
+        store.close()
 
 
 def stop_when_measured(pg_server, process, out: Path, n: int = 3) -> None:
@@ -354,7 +362,7 @@ def test_postgres_down_past_the_retry_window_then_resume(tmp_path, ray_address, 
     assert len(errors) == 1 and "unreachable" in errors[0] and "--resume" in errors[0], stderr
     for text in ("SELECT", "INSERT", "UPDATE", "[SQL:", "Traceback", "psycopg"):
         assert text not in stderr, stderr
-    assert took < 30, f"the campaign took {took:.0f} s to give up on a 3 s window"
+    print(f"GIVEUP_TOOK {took:.1f}"); assert took < 30, f"the campaign took {took:.0f} s to give up on a 3 s window"
 
     process = start_run(config, out, ray_address, "--resume")
     try:
