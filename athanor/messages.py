@@ -114,7 +114,7 @@ class StepIntent(Envelope):
     so on resume the store tells a step that never began from one that finished or was interrupted."""
 
     kind: Literal["step_intent"] = "step_intent"
-    step: Literal["plan", "synthesize", "characterize", "learn"]
+    step: Literal["plan", "synthesize", "characterize", "learn"]  # plan, learn: only in logs before 0.2
     idempotency_key: str
     target: str
     attempt: int = Field(default=1, ge=1)  # > 1: a retry of an interrupted step, allowed by policy or operator

@@ -103,17 +103,17 @@ def test_time_paused_does_not_count_toward_approval_timeouts(run_dir):
     import time
 
     store, spec = open_run(run_dir)
-    spec = spec.model_copy(update={"approval": spec.approval.model_copy(update={"timeout_s": 0.5})})
+    spec = spec.model_copy(update={"approval": spec.approval.model_copy(update={"timeout_s": 1.5})})
     c = Conductor(spec, store, agents=None)
     assert not c._expire()  # the clocks start
     commands.control(store, spec, "pause", "ada")
     c._consume_inbox()
-    time.sleep(0.8)
+    time.sleep(2.0)
     assert not c._expire()  # paused: nothing expires
     commands.control(store, spec, "resume", "ada")
     c._consume_inbox()
     assert not c._expire()  # and the pause does not count afterwards
-    time.sleep(0.6)
+    time.sleep(1.8)
     assert c._expire() and store.sample("S0003")["state"] == "rejected"
 
 
