@@ -113,8 +113,9 @@ class Conductor:
             self.open[sample["id"]] = sample
         self.feeds.saw(sample)
 
-    def _log(self, message: Message) -> None:
-        for sample in self.store.append(message):
+    def _log(self, *messages: Message) -> None:
+        """Append to the log (several messages: in one transaction) and remember what changed."""
+        for sample in self.store.append_all(messages):
             self._remember(sample)
 
     def progress(self) -> dict[str, int]:
@@ -230,7 +231,10 @@ class Conductor:
         if not candidates:
             self.stop_reason, self.status_if_stopped = "the design space is exhausted", "exhausted"
             return
-        self._log(proposal.model_copy(update={"candidates": candidates}))
+        proposal = proposal.model_copy(update={"candidates": candidates})
+        decisions = [ApprovalDecision(**self._env(c.sample_id, proposal.id), approved=True, decided_by="policy:auto",
+                                      channel="policy") for c in candidates if self.spec.approval.policy == "auto"]
+        self._log(proposal, *decisions)
 
     def _apply_policy(self) -> None:
         """Decide, or ask, for every proposal not yet handled: also those a crash left undecided."""
@@ -343,10 +347,9 @@ class Conductor:
         through = s["batch"] - self.spec.parallel_batches
         request = SynthesisRequest(**self._env(s["id"]), inputs=s["inputs"], pool_index=s["pool_index"],
                                    history_through_batch=through)
-        self._log(request)
         reply = await self._call("plan", s["id"], lambda feed: self.agents.planner.plan.remote(to_wire(request), feed),
                                  feed="planner")
-        self._log(reply)
+        self._log(request, reply)  # planning is replayed after a crash: the request need not go first
 
     async def _synthesize(self, s: dict[str, Any]) -> None:
         name = self.agents.synthesizer_name
@@ -361,9 +364,8 @@ class Conductor:
     async def _characterize(self, s: dict[str, Any]) -> None:
         name = self.agents.probe_name
         request = CharacterizationRequest(**self._env(s["id"]), product=s["product"], probe=name)
-        self._log(request)
         async with self._instrument(name):
-            key = self._intent(s["id"], "characterize", name)
+            key = self._intent(s["id"], "characterize", name, request)
             raw = await self._call_raw("characterize", s["id"], lambda: self.agents.probe.run.remote(to_wire(request), key))
         if isinstance(raw, Fault):
             self._log(raw)
@@ -399,12 +401,13 @@ class Conductor:
     def _instrument(self, name: str) -> asyncio.Lock:
         return self._busy.setdefault(name, asyncio.Lock())
 
-    def _intent(self, sample_id: str, step: str, target: str) -> str:
+    def _intent(self, sample_id: str, step: str, target: str, *before: Message) -> str:
+        """Log that `target` begins `step` now (after `before`, in the same transaction); its key."""
         earlier = self.intents.get((sample_id, step))
         attempt = 1 if earlier is None else earlier.attempt + (earlier.idempotency_key in self.interrupted_keys)
         key = f"{self.store.campaign_id}:{sample_id}:{step}" + (f":{attempt}" if attempt > 1 else "")
         intent = StepIntent(**self._env(sample_id), step=step, idempotency_key=key, target=target, attempt=attempt)
-        self._log(intent)
+        self._log(*before, intent)
         self.intents[(sample_id, step)] = intent
         return key
 

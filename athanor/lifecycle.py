@@ -83,18 +83,26 @@ def rows_of(s: Session, m: Message) -> list[SampleRow]:
     return list(s.scalars(select(SampleRow).where(SampleRow.campaign_id == m.campaign_id, SampleRow.id.in_(ids))))
 
 
-def _row(s: Session, m: Message) -> SampleRow:
-    row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == m.campaign_id, SampleRow.id == m.sample_id))
+def _find(s: Session, campaign_id: str, sample_id: str | None) -> SampleRow:
+    # Rows met in this session are kept in its `info`: a message reads its sample once, and `rebuild`,
+    # which replays the whole log in one session, reads each sample once.
+    known = s.info.setdefault("samples", {})
+    row = known.get((campaign_id, sample_id))
     if row is None:
-        raise ValueError(f"no sample {m.sample_id!r} in the store")
+        row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == campaign_id, SampleRow.id == sample_id))
+        if row is None:
+            raise ValueError(f"no sample {sample_id!r} in the store")
+        known[(campaign_id, sample_id)] = row
     return row
+
+
+def _row(s: Session, m: Message) -> SampleRow:
+    return _find(s, m.campaign_id, m.sample_id)
 
 
 def _move(s: Session, campaign_id: str, sample_id: str | None, state: str, stay: bool = False,
           **fields: Any) -> SampleRow:
-    row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == campaign_id, SampleRow.id == sample_id))
-    if row is None:
-        raise ValueError(f"no sample {sample_id!r} in the store")
+    row = _find(s, campaign_id, sample_id)
     if not (stay and state == row.state) and state not in TRANSITIONS[row.state]:
         raise ValueError(f"sample {sample_id} cannot go from {row.state} to {state}")
     row.state = state
@@ -115,6 +123,7 @@ def apply(s: Session, m: Message) -> list[SampleRow]:
             candidate={**c.model_dump(mode="json"), "proposal_id": m.id}, awaiting_approval=False,
             updated_at=m.created_at) for i, c in enumerate(m.candidates)]
         s.add_all(rows)
+        s.info.setdefault("samples", {}).update(((m.campaign_id, r.id), r) for r in rows)
         return rows
     if isinstance(m, ApprovalRequest):  # a proposal, or an interrupted step that waits for an operator
         row = _row(s, m)

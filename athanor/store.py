@@ -18,9 +18,9 @@ import functools
 import json
 import time
 from datetime import timezone
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from sqlalchemy import create_engine, event, func, inspect, select, text
+from sqlalchemy import create_engine, event, func, insert, inspect, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -163,24 +163,34 @@ class Store:
             return None if row is None else dict(row.spec)
 
     # --- the log ----------------------------------------------------------------------------
-    @_retrying
     def append(self, message: Message, documents: Iterable[tuple[str, dict[str, Any]]] = ()) -> list[dict[str, Any]]:
         """Log a message, update the derived tables, and keep any Bluesky documents, atomically.
         Returns the samples the message changed, as `samples()` shows them (the conductor's memory)."""
-        if message.campaign_id != self.campaign_id:
-            raise ValueError(f"message for campaign {message.campaign_id} sent to {self.campaign_id}")
+        return self.append_all([message], documents)
+
+    @_retrying
+    def append_all(self, messages: Sequence[Message],
+                   documents: Iterable[tuple[str, dict[str, Any]]] = ()) -> list[dict[str, Any]]:
+        """Log several messages in order in one transaction (all or none); the samples they changed."""
+        for message in messages:
+            if message.campaign_id != self.campaign_id:
+                raise ValueError(f"message for campaign {message.campaign_id} sent to {self.campaign_id}")
+        touched: dict[str, Any] = {}
         with Session(self.engine) as s, s.begin():
-            if not self.retrying or s.scalar(select(EventRow.seq).where(EventRow.id == message.id)) is None:
-                s.add(EventRow(id=message.id, campaign_id=message.campaign_id, kind=message.kind,
-                               sample_id=message.sample_id, causation_id=message.causation_id,
-                               sender=message.sender, created_at=message.created_at.astimezone(timezone.utc),
-                               body=to_wire(message)))
-                touched = apply(s, message)
-                _add_documents(s, self.campaign_id, list(documents), message.sample_id, event_id=message.id)
-            else:
-                touched = rows_of(s, message)
+            for message in messages:
+                if self.retrying and s.scalar(select(EventRow.seq).where(EventRow.id == message.id)) is not None:
+                    rows = rows_of(s, message)  # a commit that went through before the connection was lost
+                else:
+                    s.execute(insert(EventRow).values(
+                        id=message.id, campaign_id=message.campaign_id, kind=message.kind,
+                        sample_id=message.sample_id, causation_id=message.causation_id, sender=message.sender,
+                        created_at=message.created_at.astimezone(timezone.utc), body=to_wire(message)))
+                    rows = apply(s, message)
+                    _add_documents(s, self.campaign_id, list(documents), message.sample_id, event_id=message.id)
+                    documents = ()
+                touched.update((row.id, row) for row in rows)
             s.flush()
-            return [sample_dict(row, measurement_of(s, row)) for row in touched]
+            return [sample_dict(row, measurement_of(s, row)) for row in touched.values()]
 
     @_retrying
     def add_documents(self, documents: list[tuple[str, dict[str, Any]]], sample_id: str | None,
