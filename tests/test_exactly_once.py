@@ -9,6 +9,7 @@ What the store's documents say decides what resume does; it never runs a key twi
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from athanor import commands
 from athanor.conductor import Conductor
 from athanor.pool import load_pool
+from athanor.report import results_table
 from athanor.runtime import InProcess, local_agents
 from athanor.spec import load_campaign
 from athanor.store import Store
@@ -114,6 +116,10 @@ def test_an_uninterrupted_in_process_campaign_runs_each_step_once(tmp_path):
         assert s["measured_at"] is not None
         # noise 5 %: the measured value is near the dataset's, from the documents the probe stored
         assert s["values"][P3HT_OBJECTIVE] == pytest.approx(truth(s["id"], store), rel=0.3)
+    table = results_table(store, spec)
+    stamps = {row.sample_id: datetime.fromisoformat(row.measured_at) for row in table.itertuples()}
+    assert all(t.utcoffset() == timedelta(0) for t in stamps.values())  # ISO 8601, UTC
+    assert stamps == {m.sample_id: m.created_at for m in store.events(kind="measurement")}  # when it was logged
     # one intent per instrument step, logged when the instrument began it (planning and learning are
     # replayed from the log and need none)
     assert store.count_events("step_intent") == 6 * 2

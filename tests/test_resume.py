@@ -46,8 +46,10 @@ def test_kill_and_resume_loses_and_repeats_nothing(tmp_path, ray_address):
     assert all(next(s for s in after if s["id"] == k)["values"] for k in in_flight)
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 16 and results[P3HT_OBJECTIVE].notna().all()
-    events = [e.event for e in store.events(kind="campaign_event")]
-    assert events == ["started", "resumed", "ended"]
+    events = store.events(kind="campaign_event")
+    # the killed conductor's lease was taken over at once (its process is gone), and that is logged
+    assert [e.event for e in events] == ["started", "lease_taken_over", "resumed", "ended"]
+    assert events[1].detail["pid"] == first.pid and events[1].detail["why"] == "its process is gone"
 
 
 def test_resume_after_a_clean_stop_extends_the_budget(tmp_path, ray_address):
