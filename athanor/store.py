@@ -65,28 +65,30 @@ def _transient(exc: DBAPIError) -> bool:
 def _retrying(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
-        deadline, delay = None, 0.2
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except DBAPIError as exc:
-                self.retrying = True
-                if not _transient(exc):
-                    raise
-                now = time.monotonic()
-                deadline = deadline if deadline is not None else now + self.retry_s
-                reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
-                if now >= deadline:
-                    raise StoreUnavailable(
-                        f"the store at {self.safe_url} has been unreachable for {self.retry_s:g} s ({reason}); "
-                        "the campaign stopped with everything measured kept: resume it with --resume") from None
-                if self.on_outage is not None:
-                    self.on_outage(reason)
-                self.engine.dispose()  # connections to a restarted server are dead: make new ones
-                time.sleep(min(delay, deadline - now))
-                delay = min(2 * delay, 5.0)
-            finally:
-                self.retrying = False
+        deadline, delay, outer = None, 0.2, self.retrying
+        try:
+            while True:
+                try:
+                    return method(self, *args, **kwargs)
+                except DBAPIError as exc:
+                    if not _transient(exc):
+                        raise
+                    self.retrying = True  # the lost commit may have gone through: writes check first
+                    now = time.monotonic()
+                    deadline = deadline if deadline is not None else now + self.retry_s
+                    text_ = str(exc.orig).strip()
+                    reason = text_.splitlines()[0] if text_ else type(exc.orig).__name__
+                    if now >= deadline:
+                        raise StoreUnavailable(
+                            f"the store at {self.safe_url} has been unreachable for {self.retry_s:g} s ({reason}); "
+                            "the campaign stopped with everything measured kept: resume it with --resume") from None
+                    if self.on_outage is not None:
+                        self.on_outage(reason)
+                    self.engine.dispose()  # connections to a restarted server are dead: make new ones
+                    time.sleep(min(delay, deadline - now))
+                    delay = min(2 * delay, 5.0)
+        finally:
+            self.retrying = outer
     return wrapper  # type: ignore[return-value]
 
 
@@ -148,6 +150,7 @@ class Store:
                                f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]}") from None
 
     # --- campaign ---------------------------------------------------------------------------
+    @_retrying
     def register_campaign(self, name: str, spec: dict[str, Any], replace: bool = False) -> None:
         """Record the campaign's spec; on resume, `replace` keeps the overrides given then."""
         with Session(self.engine) as s, s.begin():
@@ -157,6 +160,7 @@ class Store:
             elif replace:
                 row.spec = spec
 
+    @_retrying
     def campaign_spec(self) -> dict[str, Any] | None:
         with Session(self.engine) as s:
             row = s.get(CampaignRow, self.campaign_id)
@@ -197,8 +201,13 @@ class Store:
                       key: str | None = None, step: str | None = None, run_uid: str | None = None) -> None:
         """Keep an instrument's documents as its run emits them (not a log message: raw data)."""
         with Session(self.engine) as s, s.begin():
+            if self.retrying and key is not None:  # a commit that went through before the connection was lost
+                stored = {(r.name, (r.body or {}).get("uid")) for r in s.scalars(select(DocumentRow).where(
+                    DocumentRow.campaign_id == self.campaign_id, DocumentRow.idempotency_key == key))}
+                documents = [(n, d) for n, d in documents if (n, d.get("uid")) not in stored]
             _add_documents(s, self.campaign_id, documents, sample_id, key=key, step=step, run_uid=run_uid)
 
+    @_retrying
     def step_documents(self, key: str) -> list[tuple[str, dict[str, Any]]]:
         """Every stored document of the runs a step's idempotency key started, in emission order."""
         with Session(self.engine) as s:
@@ -206,6 +215,7 @@ class Store:
                                                        DocumentRow.idempotency_key == key).order_by(DocumentRow.id))
             return [(r.name, decode_nonfinite(r.body, r.nonfinite)) for r in rows]
 
+    @_retrying
     def events(self, sample_id: str | None = None, kind: str | None = None) -> list[Message]:
         query = select(EventRow.body).where(EventRow.campaign_id == self.campaign_id)
         if sample_id is not None:
@@ -215,12 +225,14 @@ class Store:
         with Session(self.engine) as s:
             return [parse_message(body) for body in s.scalars(query.order_by(EventRow.seq))]
 
+    @_retrying
     def count_events(self, kind: str) -> int:
         with Session(self.engine) as s:
             query = select(func.count()).select_from(EventRow)
             query = query.where(EventRow.campaign_id == self.campaign_id, EventRow.kind == kind)
             return s.scalar(query) or 0
 
+    @_retrying
     def wall_time_s(self) -> float:
         """Time the campaign has run, summed over its sessions (each from its start to its last event)."""
         query = (select(EventRow.created_at, EventRow.kind, EventRow.body["event"].as_string())
@@ -235,6 +247,7 @@ class Store:
                 last = created
         return total + ((last - start).total_seconds() if start is not None else 0.0)
 
+    @_retrying
     def rebuild(self) -> None:
         """Recompute the derived tables from the log alone: what resume trusts.
 
@@ -252,6 +265,7 @@ class Store:
                 s.flush()
 
     # --- derived views ----------------------------------------------------------------------
+    @_retrying
     def samples(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
         query = select(SampleRow).where(SampleRow.campaign_id == self.campaign_id)
         if states is not None:
@@ -264,6 +278,7 @@ class Store:
             }
             return [sample_dict(r, values.get(r.id)) for r in rows]
 
+    @_retrying
     def sample(self, sample_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as s:
             row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == self.campaign_id, SampleRow.id == sample_id))
@@ -273,6 +288,7 @@ class Store:
                 MeasurementRow.campaign_id == self.campaign_id, MeasurementRow.sample_id == sample_id))
             return sample_dict(row, measurement)
 
+    @_retrying
     def approvals(self) -> list[dict[str, Any]]:
         with Session(self.engine) as s:
             rows = s.scalars(
@@ -303,6 +319,7 @@ class Store:
                 batch_size = int(e.detail["batch_size"])
         return {"paused": paused, "batch_size": batch_size}
 
+    @_retrying
     def documents(self, sample_id: str) -> list[dict[str, Any]]:
         with Session(self.engine) as s:
             query = select(DocumentRow).where(DocumentRow.campaign_id == self.campaign_id, DocumentRow.sample_id == sample_id)
@@ -310,6 +327,7 @@ class Store:
             return [{"name": r.name, "run_uid": r.run_uid, "step": r.step, "idempotency_key": r.idempotency_key,
                      "doc": decode_nonfinite(r.body, r.nonfinite)} for r in rows]
 
+    @_retrying
     def last_intents(self, sample_ids: Iterable[str]) -> dict[tuple[str, str], StepIntent]:
         """The latest intent of each step of these samples (what resume reconciles)."""
         ids, found = list(sample_ids), {}
@@ -344,6 +362,7 @@ class Store:
             pass
 
     # --- inbox ------------------------------------------------------------------------------
+    @_retrying
     def post_command(self, command: dict[str, Any]) -> None:
         with Session(self.engine) as s, s.begin():
             s.add(InboxRow(campaign_id=self.campaign_id, command=command, created_at=utcnow()))

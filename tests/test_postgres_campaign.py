@@ -18,6 +18,7 @@ import math
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from athanor.messages import (
 from athanor.store import Store
 from athanor.tables import DocumentRow, LeaseRow
 from conftest import DATA, P3HT_INPUTS, P3HT_OBJECTIVE, write_campaign
-from helpers_proc import samples, start_run, wait_for
+from helpers_proc import kill, start_run, wait_for
 
 NAN, INF = float("nan"), float("inf")
 BUDGET = 10  # the outage campaigns: 10 samples, 0.3 s per instrument step
@@ -58,8 +59,20 @@ def pg_campaign(path: Path, url: str | None, retry_s: float | None = None, extra
     return config
 
 
-def measured(out: Path) -> int:
-    return sum(bool(s["values"]) for s in samples(out))
+def wait_measured(out: Path, n: int, timeout: float = 90) -> None:
+    """Until the campaign in `out` has logged `n` measurements (one store, opened once run.json is there)."""
+    opened: list[Store] = []
+
+    def count() -> int:
+        if not opened:
+            opened.append(open_run(out)[0])
+        return opened[0].count_events("measurement")
+
+    try:
+        wait_for(lambda: count() >= n, timeout=timeout, what=f"{n} measurement(s)")
+    finally:
+        for store in opened:
+            store.close()
 
 
 def outcome(out: Path) -> tuple[dict[str, tuple[int, dict]], int, list[str]]:
@@ -70,6 +83,16 @@ def outcome(out: Path) -> tuple[dict[str, tuple[int, dict]], int, list[str]]:
         return found, store.count_events("measurement"), [e.event for e in store.events(kind="campaign_event")]
     finally:
         store.close()
+
+
+@contextmanager
+def reaped(process):
+    """Whatever happens in the block, the campaign's process group does not outlive the test."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            kill(process)
 
 
 def finish(process, timeout: float = 150) -> tuple[str, str, float]:
@@ -159,6 +182,63 @@ def test_nonfinite_documents_are_kept_and_read_back(fresh_store):
         again.close()
 
 
+def test_an_append_whose_commit_went_through_is_not_logged_twice(fresh_store):
+    """The connection is lost after the server committed but before it said so: the store retries, finds
+    the event in the log and returns what it changed, without a second event or a second transition."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    store = fresh_store
+    env = dict(campaign_id=store.campaign_id, sender="conductor")
+    store.append(DesignProposal(**env, batch=0, strategy="sobol", candidates=[
+        Candidate(inputs={"x": 1.0}, sample_id="S0001", pool_index=0, rationale="r")]))
+    lost: list[str] = []
+
+    def lose_the_acknowledgement(_session) -> None:
+        if not lost:
+            lost.append("commit")
+            raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection unexpectedly"))
+
+    event.listen(Session, "after_commit", lose_the_acknowledgement)
+    try:
+        changed = store.append(ApprovalDecision(**env, sample_id="S0001", approved=True, decided_by="policy:auto",
+                                                channel="policy"))
+    finally:
+        event.remove(Session, "after_commit", lose_the_acknowledgement)
+    assert lost == ["commit"]
+    assert [s["state"] for s in changed] == ["approved"]
+    assert store.count_events("approval_decision") == 1 and len(store.approvals()) == 1
+
+
+def test_reads_wait_for_a_restarted_server_and_give_up_in_one_line(pg_server):
+    """Every store call waits out an outage, reads as well as writes (`athanor run` reads the campaign's
+    controls, its log on resume, its outputs at the end); past the window, one line and no SQL."""
+    import threading
+
+    from athanor.store import StoreUnavailable
+
+    store = Store(pg_server.create_database(), "reads-1", retry_s=30)
+    store.register_campaign("reads-1", {"campaign": "reads-1"})
+    pg_server.stop("fast")
+    restart = threading.Timer(2.0, pg_server.start)
+    restart.start()
+    try:
+        assert store.samples() == [] and store.controls() == {"paused": False, "batch_size": None}
+    finally:
+        restart.join()
+    store.retry_s = 1.0
+    pg_server.stop("fast")
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            store.wall_time_s()
+    finally:
+        pg_server.start()
+    [line] = str(info.value).splitlines()
+    assert "unreachable for 1 s" in line and "--resume" in line
+    assert not any(word in line for word in ("SELECT", "[SQL:", "Background on this error"))
+    assert store.wall_time_s() == 0.0  # and it works again once the server is back
+
+
 # --- b. a campaign on PostgreSQL whose probe reads NaN ---------------------------------------------
 def nan_pool(folder: Path, rows: int = 16) -> tuple[Path, int]:
     """`rows` distinct pool rows of P3HT.csv; the first row the designer picks has no objective value,
@@ -177,6 +257,12 @@ def nan_pool(folder: Path, rows: int = 16) -> tuple[Path, int]:
     return path, row
 
 
+def all_nan(event: dict) -> bool:
+    """Every reading of a probe's event document is NaN (and there is one)."""
+    readings = [v for v in event["data"].values() if isinstance(v, float)]
+    return bool(readings) and all(math.isnan(v) for v in readings)
+
+
 @pytest.mark.slow
 def test_campaign_on_postgres_with_a_nan_reading(tmp_path, ray_address, pg_server):
     url = pg_server.create_database()
@@ -184,8 +270,8 @@ def test_campaign_on_postgres_with_a_nan_reading(tmp_path, ray_address, pg_serve
     config = pg_campaign(tmp_path / "c.yaml", url, dataset=pool, budget=8, batch_size=2, noise=0.05)
     out = tmp_path / "run"
 
-    process = start_run(config, out, ray_address)
-    _, stderr, _ = finish(process)
+    with reaped(start_run(config, out, ray_address)) as process:
+        _, stderr, _ = finish(process)
     assert process.returncode == 0, stderr
     store, _ = open_run(out)
     try:
@@ -199,21 +285,28 @@ def test_campaign_on_postgres_with_a_nan_reading(tmp_path, ray_address, pg_serve
         assert all(math.isfinite(v) for s in others for v in s["values"].values())
         # The probe's own documents, NaN included, are in PostgreSQL and read back as NaN.
         events = [d["doc"] for d in store.documents(bad["id"]) if d["name"] == "event" and d["step"] == "characterize"]
-        assert events and all(math.isnan(v) for v in events[-1]["data"].values() if isinstance(v, float))
+        assert events and all_nan(events[-1])
         assert store.count_events("measurement") == 7
     finally:
         store.close()
 
-    process = start_run(config, out, ray_address, "--resume", "--max-experiments", "10")
-    _, stderr, _ = finish(process)
+    with reaped(start_run(config, out, ray_address, "--resume", "--max-experiments", "10")) as process:
+        _, stderr, _ = finish(process)
     assert process.returncode == 0, stderr
-    after, n_measured, events = outcome(out)
-    assert events == ["started", "ended", "resumed", "ended"]
-    assert len(after) == 10 and n_measured == 9
-    assert after[bad["id"]] == (nan_row, {})
-    assert all(after[k] == (s["pool_index"], s["values"]) for k, s in ((s["id"], s) for s in others))
-    assert len({row for row, _ in after.values()}) == 10
-    assert next(s for s in samples(out) if s["id"] == bad["id"])["state"] == "failed"
+    store, _ = open_run(out)
+    try:
+        ended = [e.status for e in store.events(kind="campaign_event") if e.event == "ended"]
+        assert [e.event for e in store.events(kind="campaign_event")] == ["started", "ended", "resumed", "ended"]
+        assert ended == ["completed", "completed"]
+        after = {s["id"]: s for s in store.samples()}
+        assert len(after) == 10 and store.count_events("measurement") == 9
+        assert after[bad["id"]]["state"] == "failed" and after[bad["id"]]["error"] == bad["error"]
+        assert all(after[s["id"]]["values"] == s["values"] for s in others)  # nothing measured again
+        assert len({s["pool_index"] for s in after.values()}) == 10
+        kept = [d["doc"] for d in store.documents(bad["id"]) if d["name"] == "event" and d["step"] == "characterize"]
+        assert len(kept) == len(events) and all_nan(kept[-1])
+    finally:
+        store.close()
 
 
 # --- c. one conductor per campaign ---------------------------------------------------------------
@@ -251,19 +344,15 @@ def test_second_conductor_on_postgres_refuses(tmp_path, ray_address, pg_server):
     config = pg_campaign(tmp_path / "c.yaml", pg_server.create_database(), budget=budget, batch_size=2,
                          latency_s=0.3, noise=0.05)
     out = tmp_path / "run"
-    first = start_run(config, out, ray_address)
-    try:
-        wait_for(lambda: measured(out) >= 1, timeout=90, what="a first measurement")
-        second = start_run(config, out, ray_address, "--resume")
-        _, stderr, took = finish(second, timeout=60)
+    with reaped(start_run(config, out, ray_address)) as first:
+        wait_measured(out, 1)
+        with reaped(start_run(config, out, ray_address, "--resume")) as second:
+            _, stderr, took = finish(second, timeout=60)
         assert second.returncode == 2, stderr
         assert "held by" in stderr and stderr.startswith("athanor: error:"), stderr
-        print(f"REFUSE_TOOK {took:.1f}"); assert took < 15, f"the second conductor took {took:.1f} s to refuse"
+        assert took < 15, f"the second conductor took {took:.1f} s to refuse"
         assert first.poll() is None, "the refusal should come while the first conductor runs"
         _, first_err, _ = finish(first)
-    finally:
-        if first.poll() is None:
-            first.kill()
     assert first.returncode == 0, first_err
     found, n_measured, events = outcome(out)
     assert events == ["started", "ended"]  # the second conductor logged nothing, not even 'resumed'
@@ -297,7 +386,7 @@ def uninterrupted(tmp_path_factory) -> dict[str, tuple[int, dict]]:
 
 
 def stop_when_measured(pg_server, process, out: Path, n: int = 3) -> None:
-    wait_for(lambda: measured(out) >= n, timeout=90, what=f"{n} measurements")
+    wait_measured(out, n)
     assert process.poll() is None, "the campaign ended before the outage"
     pg_server.stop("fast")
 
@@ -316,26 +405,21 @@ def test_postgres_back_within_the_retry_window(tmp_path, ray_address, pg_server,
     config = pg_campaign(tmp_path / "c.yaml", pg_server.create_database(), retry_s=60, latency_s=0.3,
                          **OUTAGE_CAMPAIGN)
     out = tmp_path / "run"
-    process = start_run(config, out, ray_address)
-    try:
-        stop_when_measured(pg_server, process, out)
-        time.sleep(5)
-        assert process.poll() is None, "the campaign should wait for the store"
-    finally:
-        pg_server.start()
-    try:
+    with reaped(start_run(config, out, ray_address)) as process:
+        try:
+            stop_when_measured(pg_server, process, out)
+            time.sleep(5)
+            assert process.poll() is None, "the campaign should wait for the store"
+        finally:
+            pg_server.start()
         _, stderr, _ = finish(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 0, stderr
     assert "the store is unreachable" in stderr, stderr
     assert "athanor: error" not in stderr and "Traceback" not in stderr, stderr
-    found, _, events = outcome(out)
-    assert events == ["started", "ended"]
     store, _ = open_run(out)
     try:
-        assert store.events(kind="campaign_event")[-1].status == "completed"
+        events = store.events(kind="campaign_event")
+        assert [e.event for e in events] == ["started", "ended"] and events[-1].status == "completed"
     finally:
         store.close()
     assert_measured_once(out, uninterrupted)
@@ -343,34 +427,38 @@ def test_postgres_back_within_the_retry_window(tmp_path, ray_address, pg_server,
 
 @pytest.mark.slow
 def test_postgres_down_past_the_retry_window_then_resume(tmp_path, ray_address, pg_server, uninterrupted):
-    # A synthesis cut off by the outage is run again on resume (the default asks an operator first).
+    # A synthesis cut off by the outage is run again on resume (by default it would wait for an operator).
     instruments = ("instruments:\n  - {name: synthesizer, role: synthesis, on_interrupted: retry}\n"
                    "  - {name: probe, role: characterization}\n")
     config = pg_campaign(tmp_path / "c.yaml", pg_server.create_database(), retry_s=3, extra=instruments,
                          latency_s=0.3, **OUTAGE_CAMPAIGN)
     out = tmp_path / "run"
-    process = start_run(config, out, ray_address)
-    try:
-        stop_when_measured(pg_server, process, out)
-        _, stderr, took = finish(process, timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        pg_server.start()
-    assert process.returncode == 2, stderr
+    with reaped(start_run(config, out, ray_address)) as first:
+        try:
+            stop_when_measured(pg_server, first, out)
+            _, stderr, took = finish(first, timeout=60)
+        finally:
+            pg_server.start()
+    assert first.returncode == 2, stderr
+    assert "the store is unreachable" in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("athanor: error:")]
-    assert len(errors) == 1 and "unreachable" in errors[0] and "--resume" in errors[0], stderr
+    assert len(errors) == 1 and "unreachable for 3 s" in errors[0] and "--resume" in errors[0], stderr
     for text in ("SELECT", "INSERT", "UPDATE", "[SQL:", "Traceback", "psycopg"):
         assert text not in stderr, stderr
-    print(f"GIVEUP_TOOK {took:.1f}"); assert took < 30, f"the campaign took {took:.0f} s to give up on a 3 s window"
+    assert took < 30, f"the campaign took {took:.0f} s to give up on a 3 s window"
 
-    process = start_run(config, out, ray_address, "--resume")
+    with reaped(start_run(config, out, ray_address, "--resume")) as resumed:
+        _, stderr, _ = finish(resumed)
+    assert resumed.returncode == 0, stderr
+    assert "unreachable" not in stderr, stderr
+    # The stopped conductor could not release its lease (the store was down); its process is gone, so
+    # the resume takes the lease over at once, and says so in the log.
+    store, _ = open_run(out)
     try:
-        _, stderr, _ = finish(process)
+        events = store.events(kind="campaign_event")
+        assert [e.event for e in events] == ["started", "lease_taken_over", "resumed", "ended"]
+        assert events[1].detail["why"] == "its process is gone" and events[1].detail["pid"] == first.pid
+        assert events[-1].status == "completed"
     finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, stderr
-    found, _, events = outcome(out)
-    assert events[0] == "started" and events[-2:] == ["resumed", "ended"], events
+        store.close()
     assert_measured_once(out, uninterrupted)
