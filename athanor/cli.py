@@ -39,7 +39,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{spec.campaign} is paused: nothing starts until `athanor unpause {args.out}`", file=sys.stderr)
     bar = tqdm(total=spec.budget.experiments, desc=spec.campaign, unit="exp", disable=args.quiet or None)
 
+    waiting = [0]
+
     def on_progress(counts: dict[str, int]) -> None:
+        if counts.get("awaiting", 0) > waiting[0]:  # say so once each time more wait, not on every turn
+            bar.write(f"{counts['awaiting']} waiting for an operator (proposals, or interrupted steps): "
+                      f"see `athanor status {args.out}`; `athanor approve|reject {args.out} ID`", file=sys.stderr)
+        waiting[0] = counts.get("awaiting", 0)
         done = counts.get("learned", 0) + counts.get("failed", 0)
         if done == bar.n:
             return

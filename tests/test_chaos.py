@@ -9,6 +9,7 @@ conductor on a campaign that is running refuses, naming the holder.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -20,11 +21,15 @@ import pytest
 
 from athanor import commands
 from athanor.campaign import open_run
+from athanor.conductor import Conductor
+from athanor.runtime import local_agents
+from athanor.spec import load_campaign
+from athanor.store import Store
 from conftest import P3HT_OBJECTIVE, write_campaign
 from helpers_proc import kill, samples, start_run, wait_for
 
 pytestmark = pytest.mark.slow
-BUDGET = 10
+BUDGET = 8
 
 
 def open_runs(out: Path, step: str) -> list[str]:
@@ -64,18 +69,17 @@ def finish(process: subprocess.Popen, out: Path, approved: list[str]) -> None:
 
 
 def test_killed_at_any_point_loses_nothing_and_never_runs_a_key_twice(tmp_path, ray_address):
-    config = write_campaign(tmp_path / "c.yaml", budget=BUDGET, batch_size=2, latency_s=0.4, noise=0.05, seed=7)
-    reference = tmp_path / "reference"
-    assert start_run(config, reference, ray_address).wait(timeout=300) == 0
+    config = write_campaign(tmp_path / "c.yaml", budget=BUDGET, batch_size=2, latency_s=0.3, noise=0.05, seed=7)
+    want = reference(tmp_path, seed=7)
 
     out, approved, killed_during = tmp_path / "run", [], []
     process = start_run(config, out, ray_address)
     for moment, step in (("during a synthesis", "synthesize"), ("during a measurement", "characterize"),
-                         ("after five measurements", None)):
+                         ("after four measurements", None)):
         if step is not None:
             wait_for(lambda: open_runs(out, step), timeout=120, what=f"a {step} run under way")
         else:
-            wait_for(lambda: sum(bool(s["values"]) for s in samples(out)) >= 5, timeout=120, what="five measurements")
+            wait_for(lambda: sum(bool(s["values"]) for s in samples(out)) >= 4, timeout=120, what="four measurements")
         killed_during.append((moment, open_runs(out, "synthesize") + open_runs(out, "characterize")))
         kill(process)
         process = start_run(config, out, ray_address, "--resume")
@@ -85,7 +89,6 @@ def test_killed_at_any_point_loses_nothing_and_never_runs_a_key_twice(tmp_path, 
 
     store, _ = open_run(out)
     after = store.samples()
-    want = {s["id"]: s for s in samples(reference)}
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
     assert [s["id"] for s in after] == [f"S{i:04d}" for i in range(1, BUDGET + 1)] == sorted(want)
     assert all(s["state"] == "learned" for s in after), [(s["id"], s["state"], s["error"]) for s in after]
@@ -115,7 +118,7 @@ def test_killed_at_any_point_loses_nothing_and_never_runs_a_key_twice(tmp_path, 
 
 
 def test_a_second_conductor_on_a_running_campaign_refuses(tmp_path, ray_address):
-    config = write_campaign(tmp_path / "c.yaml", budget=6, batch_size=2, latency_s=0.3)
+    config = write_campaign(tmp_path / "c.yaml", budget=6, batch_size=2, latency_s=0.25)
     out = tmp_path / "run"
     first = start_run(config, out, ray_address)
     wait_for(lambda: any(s["values"] for s in samples(out)), timeout=120, what="a measurement")
@@ -128,6 +131,17 @@ def test_a_second_conductor_on_a_running_campaign_refuses(tmp_path, ray_address)
     store, _ = open_run(out)
     assert _events(out) == ["started", "ended"]  # the second never touched the campaign
     assert store.count_events("measurement") == 6
+
+
+def reference(tmp_path: Path, seed: int) -> dict[str, dict]:
+    """The same campaign with nothing in the way, its agents in this process and no instrument time (the
+    replay world is seeded by sample and step, the design by batch: neither changes what is measured)."""
+    config = write_campaign(tmp_path / "reference.yaml", budget=BUDGET, batch_size=2, noise=0.05, seed=seed)
+    spec = load_campaign(config)
+    store = Store(f"sqlite:///{tmp_path}/reference.db", "reference-0001")
+    store.register_campaign(spec.campaign, spec.model_dump(mode="json"))
+    assert asyncio.run(Conductor(spec, store, local_agents(spec, store.campaign_id, store.url)).run()) == "completed"
+    return {s["id"]: s for s in store.samples()}
 
 
 def _events(out: Path) -> list[str]:

@@ -16,6 +16,10 @@ pytestmark = pytest.mark.slow
 
 def test_kill_and_resume_loses_and_repeats_nothing(tmp_path, ray_address):
     config = write_campaign(tmp_path / "c.yaml", budget=16, batch_size=2, latency_s=0.25, noise=0.05)
+    # unattended: a synthesis the kill interrupts is run again by policy (the default asks an operator,
+    # as test_chaos.py exercises)
+    config.write_text(config.read_text() + "instruments:\n  - {name: synthesizer, role: synthesis, on_interrupted: retry}\n"
+                      "  - {name: probe, role: characterization}\n")
     out = tmp_path / "run"
     first = start_run(config, out, ray_address)
     wait_for(lambda: sum(bool(s["values"]) for s in samples(out)) >= 5, what="five measurements")
@@ -44,6 +48,12 @@ def test_kill_and_resume_loses_and_repeats_nothing(tmp_path, ray_address):
     assert len({s["pool_index"] for s in after}) == 16
     # The samples caught in flight were finished after the resume, from their last logged step.
     assert all(next(s for s in after if s["id"] == k)["values"] for k in in_flight)
+    # A run was started again only under a new key, after its first was found interrupted.
+    interrupted = {e.idempotency_key for e in store.events(kind="step_interrupted")}
+    for s in after:
+        keys = [d["idempotency_key"] for d in store.documents(s["id"]) if d["name"] == "start"]
+        assert len(keys) == len(set(keys)), keys
+        assert all(k.count(":") == 2 or k.rsplit(":", 1)[0] in interrupted for k in keys), keys
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 16 and results[P3HT_OBJECTIVE].notna().all()
     events = store.events(kind="campaign_event")

@@ -75,7 +75,8 @@ def test_alloy_campaign_runs_and_replays_from_its_seed(tmp_path, ray_address):
     assert summary["status"] == "completed" and len(results) == 12
     measured = results[results["state"] == "learned"]
     assert len(measured) >= 10 and measured["magnetic_moment"].between(0.0, 3.0).all()
-    pd.testing.assert_frame_equal(results, again)
+    # the same campaign; only the clock times of the measurements differ
+    pd.testing.assert_frame_equal(results.drop(columns="measured_at"), again.drop(columns="measured_at"))
 
 
 @pytest.mark.slow
