@@ -60,6 +60,7 @@ from athanor.store import Store
 
 ACTIVE = ("approved", "planned", "synthesized", "characterized")
 POLL_S = 0.25  # how often the inbox is read while nothing else happens
+HEAVY = ("recipe", "product", "candidate", "uncertainties")  # what no one needs of a finished sample
 
 
 class Conductor:
@@ -86,7 +87,7 @@ class Conductor:
         self.counts: Counter[str] = Counter()
         self.used = 0  # budget slots taken
         self.claimed: dict[int, str] = {}  # pool row -> the sample measuring it
-        self.feeds = Feeds(self.samples, self.open)
+        self.feeds = Feeds(self.samples, self.open, store.samples)
         for sample in store.samples():
             self._remember(sample)
         self.intents: dict[tuple[str, str], StepIntent] = {}  # the latest intent of each step begun
@@ -107,11 +108,13 @@ class Conductor:
         self.used += _uses_budget(sample)
         if sample["pool_index"] is not None and sample["state"] != "rejected":
             self.claimed[sample["pool_index"]] = sample["id"]
+        self.feeds.saw(sample)
         if sample["state"] in TERMINAL and not sample["awaiting_approval"]:
             self.open.pop(sample["id"], None)
+            # A finished sample is kept without its recipe, product and candidate: memory stays small.
+            self.samples[sample["id"]] = {k: v for k, v in sample.items() if k not in HEAVY}
         else:
             self.open[sample["id"]] = sample
-        self.feeds.saw(sample)
 
     def _log(self, *messages: Message) -> None:
         """Append to the log (several messages: in one transaction) and remember what changed."""

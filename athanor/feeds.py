@@ -11,7 +11,7 @@ samples whose record can no longer change (finished, or measured) are sent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 TERMINAL = ("learned", "rejected", "failed")
 FEEDS = ("designer", "planner", "learner")
@@ -29,12 +29,16 @@ def record(feed: str, s: dict[str, Any]) -> dict[str, Any]:
 
 
 class Feeds:
-    def __init__(self, samples: dict[str, dict[str, Any]], open_samples: dict[str, dict[str, Any]]):
+    def __init__(self, samples: dict[str, dict[str, Any]], open_samples: dict[str, dict[str, Any]],
+                 reload: Callable[[], list[dict[str, Any]]]):
         self.samples, self.open = samples, open_samples  # the conductor's memory, shared
+        self.reload = reload  # every sample as the store has it: for an agent that lost count (rare)
         self.next_batch = 0
         self.sent: dict[str, list[str]] = {f: [] for f in FEEDS}  # sample ids, in the order agents got them
         self.cursor: dict[str, int] = {f: 0 for f in FEEDS}
-        self.ready: dict[str, dict[str, None]] = {f: {} for f in FEEDS}  # may be sent, not yet queued
+        # Records made when a sample is final, kept only until sent: the conductor keeps no recipes.
+        self.ready: dict[str, dict[str, dict[str, Any]]] = {f: {} for f in FEEDS}  # may be sent, not yet queued
+        self.unsent: dict[str, list[dict[str, Any]]] = {f: [] for f in FEEDS}
         self._queued: set[tuple[str, str]] = set()
 
     def saw(self, s: dict[str, Any]) -> None:
@@ -44,11 +48,11 @@ class Feeds:
         for feed, ready in (("designer", finished), ("planner", finished and bool(s["recipe"])),
                             ("learner", bool(s["values"]) and s["state"] != "failed")):
             if ready and (feed, s["id"]) not in self._queued:
-                self.ready[feed][s["id"]] = None
+                self.ready[feed][s["id"]] = record(feed, s)
 
     def _queue(self, feed: str, ids: list[str]) -> None:
         for sample_id in sorted(ids, key=lambda i: self.samples[i]["seq"]):
-            self.ready[feed].pop(sample_id, None)
+            self.unsent[feed].append(self.ready[feed].pop(sample_id))
             self._queued.add((feed, sample_id))
             self.sent[feed].append(sample_id)
 
@@ -64,10 +68,11 @@ class Feeds:
         """What is new for this agent since the last call (and, for the planner and learner, queue all ready)."""
         if feed != "designer":
             self._queue(feed, list(self.ready[feed]))
-        start = self.cursor[feed]
-        self.cursor[feed] = len(self.sent[feed])
-        return {"start": start, "records": [record(feed, self.samples[i]) for i in self.sent[feed][start:]]}
+        start, records = self.cursor[feed], self.unsent[feed]
+        self.cursor[feed], self.unsent[feed] = len(self.sent[feed]), []
+        return {"start": start, "records": records}
 
     def everything(self, feed: str) -> dict[str, Any]:
-        self.cursor[feed] = len(self.sent[feed])
-        return {"start": 0, "records": [record(feed, self.samples[i]) for i in self.sent[feed]]}
+        stored = {s["id"]: s for s in self.reload()}
+        self.cursor[feed], self.unsent[feed] = len(self.sent[feed]), []
+        return {"start": 0, "records": [record(feed, stored[i]) for i in self.sent[feed]]}

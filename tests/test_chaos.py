@@ -21,6 +21,7 @@ import pytest
 
 from athanor import commands
 from athanor.campaign import open_run
+from athanor.cli import main as cli_main
 from athanor.conductor import Conductor
 from athanor.runtime import local_agents
 from athanor.spec import load_campaign
@@ -68,7 +69,7 @@ def finish(process: subprocess.Popen, out: Path, approved: list[str]) -> None:
     assert process.returncode == 0, process.stderr.read()
 
 
-def test_killed_at_any_point_loses_nothing_and_never_runs_a_key_twice(tmp_path, ray_address):
+def test_killed_at_any_point_loses_nothing_and_never_runs_a_key_twice(tmp_path, ray_address, capsys):
     config = write_campaign(tmp_path / "c.yaml", budget=BUDGET, batch_size=2, latency_s=0.3, noise=0.05, seed=7)
     want = reference(tmp_path, seed=7)
 
@@ -112,6 +113,10 @@ def test_killed_at_any_point_loses_nothing_and_never_runs_a_key_twice(tmp_path, 
                 assert interrupted[first].action == ("ask" if step == "synthesize" else "retry")
                 if step == "synthesize":
                     assert s["id"] in operator
+    assert cli_main(["status", str(out), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["interrupted"] == sorted({e.sample_id for e in interrupted.values()})
+    assert status["conductor"] is None  # released at the clean end
     events = _events(out)
     assert events.count("resumed") == 3 and events.count("lease_taken_over") == 3 and events[-1] == "ended"
     print("killed during:", killed_during, "interrupted:", sorted(interrupted), "approved:", approved)
