@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timezone
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from athanor.messages import (
@@ -44,6 +44,10 @@ TRANSITIONS: dict[str, set[str]] = {
     "failed": set(),
 }
 TERMINAL = {"learned", "rejected", "failed"}
+# Built once with bound parameters: a statement made per call costs more to build than to run.
+SAMPLE = select(SampleRow).where(SampleRow.campaign_id == bindparam("campaign_id"), SampleRow.id == bindparam("sample_id"))
+MEASUREMENT_OF = select(MeasurementRow).where(MeasurementRow.campaign_id == bindparam("campaign_id"),
+                                              MeasurementRow.sample_id == bindparam("sample_id"))
 MEASURED = {"characterized", "learned"}
 
 
@@ -71,8 +75,7 @@ def sample_dict(row: SampleRow, measurement: MeasurementRow | None) -> dict[str,
 def measurement_of(s: Session, row: SampleRow) -> MeasurementRow | None:
     if row.state not in MEASURED and row.state != "failed":  # nothing else can have one
         return None
-    return s.scalar(select(MeasurementRow).where(MeasurementRow.campaign_id == row.campaign_id,
-                                                 MeasurementRow.sample_id == row.id))
+    return s.scalar(MEASUREMENT_OF, {"campaign_id": row.campaign_id, "sample_id": row.id})
 
 
 def rows_of(s: Session, m: Message) -> list[SampleRow]:
@@ -89,7 +92,7 @@ def _find(s: Session, campaign_id: str, sample_id: str | None) -> SampleRow:
     known = s.info.setdefault("samples", {})
     row = known.get((campaign_id, sample_id))
     if row is None:
-        row = s.scalar(select(SampleRow).where(SampleRow.campaign_id == campaign_id, SampleRow.id == sample_id))
+        row = s.scalar(SAMPLE, {"campaign_id": campaign_id, "sample_id": sample_id})
         if row is None:
             raise ValueError(f"no sample {sample_id!r} in the store")
         known[(campaign_id, sample_id)] = row

@@ -20,7 +20,7 @@ import time
 from datetime import timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from sqlalchemy import create_engine, event, func, insert, inspect, select, text
+from sqlalchemy import create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -41,6 +41,7 @@ from athanor.tables import (
 )
 
 DERIVED = (ApprovalRow, MeasurementRow, SampleRow)
+EVENT_INSERT = EventRow.__table__.insert()  # Core, built once: the log's hot path
 RETRY_S = 60.0  # how long a lost database connection is retried before the campaign stops
 
 
@@ -185,10 +186,10 @@ class Store:
                 if self.retrying and s.scalar(select(EventRow.seq).where(EventRow.id == message.id)) is not None:
                     rows = rows_of(s, message)  # a commit that went through before the connection was lost
                 else:
-                    s.execute(insert(EventRow).values(
-                        id=message.id, campaign_id=message.campaign_id, kind=message.kind,
-                        sample_id=message.sample_id, causation_id=message.causation_id, sender=message.sender,
-                        created_at=message.created_at.astimezone(timezone.utc), body=to_wire(message)))
+                    s.execute(EVENT_INSERT, {
+                        "id": message.id, "campaign_id": message.campaign_id, "kind": message.kind,
+                        "sample_id": message.sample_id, "causation_id": message.causation_id, "sender": message.sender,
+                        "created_at": message.created_at.astimezone(timezone.utc), "body": to_wire(message)})
                     rows = apply(s, message)
                     _add_documents(s, self.campaign_id, list(documents), message.sample_id, event_id=message.id)
                     documents = ()
