@@ -87,10 +87,10 @@ class Conductor:
         self.counts: Counter[str] = Counter()
         self.used = 0  # budget slots taken
         self.claimed: dict[int, str] = {}  # pool row -> the sample measuring it
+        self.intents: dict[tuple[str, str], StepIntent] = {}  # the latest intent of each step begun, if unfinished
         self.feeds = Feeds(self.samples, self.open, store.samples)
         for sample in store.samples():
             self._remember(sample)
-        self.intents: dict[tuple[str, str], StepIntent] = {}  # the latest intent of each step begun
         self.interrupted_keys: set[str] = set()  # steps judged interrupted: their next attempt has a new key
 
     # --- the campaign in memory ---------------------------------------------------------------
@@ -108,9 +108,11 @@ class Conductor:
         self.used += _uses_budget(sample)
         if sample["pool_index"] is not None and sample["state"] != "rejected":
             self.claimed[sample["pool_index"]] = sample["id"]
-        self.feeds.saw(sample)
+        self.feeds.saw(sample, old)
         if sample["state"] in TERMINAL and not sample["awaiting_approval"]:
             self.open.pop(sample["id"], None)
+            for step in ("synthesize", "characterize"):
+                self.intents.pop((sample["id"], step), None)
             # A finished sample is kept without its recipe, product and candidate: memory stays small.
             self.samples[sample["id"]] = {k: v for k, v in sample.items() if k not in HEAVY}
         else:

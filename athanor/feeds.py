@@ -17,6 +17,17 @@ TERMINAL = ("learned", "rejected", "failed")
 FEEDS = ("designer", "planner", "learner")
 
 
+def _ready(feed: str, s: dict[str, Any]) -> bool:
+    """Whether a sample's record for this feed is final: finished (and planned, for the planner's
+    route), or measured, for the learner."""
+    finished = s["state"] in TERMINAL and not s["awaiting_approval"]
+    if feed == "designer":
+        return finished
+    if feed == "planner":
+        return finished and bool(s.get("recipe"))
+    return bool(s["values"]) and s["state"] != "failed"
+
+
 def record(feed: str, s: dict[str, Any]) -> dict[str, Any]:
     if feed == "designer":
         return {"seq": s["seq"], "inputs": s["inputs"], "values": s["values"], "pool_index": s["pool_index"],
@@ -39,21 +50,17 @@ class Feeds:
         # Records made when a sample is final, kept only until sent: the conductor keeps no recipes.
         self.ready: dict[str, dict[str, dict[str, Any]]] = {f: {} for f in FEEDS}  # may be sent, not yet queued
         self.unsent: dict[str, list[dict[str, Any]]] = {f: [] for f in FEEDS}
-        self._queued: set[tuple[str, str]] = set()
 
-    def saw(self, s: dict[str, Any]) -> None:
-        """Called for every sample the conductor loads or changes."""
+    def saw(self, s: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        """Called for every sample the conductor loads or changes (`old`: as it was before)."""
         self.next_batch = max(self.next_batch, s["batch"] + 1)
-        finished = s["state"] in TERMINAL and not s["awaiting_approval"]
-        for feed, ready in (("designer", finished), ("planner", finished and bool(s["recipe"])),
-                            ("learner", bool(s["values"]) and s["state"] != "failed")):
-            if ready and (feed, s["id"]) not in self._queued:
+        for feed in FEEDS:
+            if _ready(feed, s) and not (old is not None and _ready(feed, old)):  # it just became ready
                 self.ready[feed][s["id"]] = record(feed, s)
 
     def _queue(self, feed: str, ids: list[str]) -> None:
         for sample_id in sorted(ids, key=lambda i: self.samples[i]["seq"]):
             self.unsent[feed].append(self.ready[feed].pop(sample_id))
-            self._queued.add((feed, sample_id))
             self.sent[feed].append(sample_id)
 
     def design_history(self, cutoff: int) -> tuple[int, list[dict[str, Any]]]:
