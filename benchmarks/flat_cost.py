@@ -128,7 +128,7 @@ class Progress:
         self.rss_early: float | None = None
         self.rss_end: float | None = None
         self.rss_max = 0.0
-        self.timeline: list[tuple[float, int]] = []  # (seconds since start, finished) when it changes
+        self.timeline: list[tuple[int, float, float]] = []  # (finished, wall s, driver CPU s) when it changes
         self._next_report = every
 
     @staticmethod
@@ -144,7 +144,7 @@ class Progress:
             return
         self.finished = finished
         now = time.perf_counter() - self.start
-        self.timeline.append((now, finished))
+        self.timeline.append((finished, now, _cpu_s()))
         rss = rss_mb()
         self.rss_max = max(self.rss_max, rss)
         if self.rss_early is None and finished >= self.early:
@@ -155,6 +155,16 @@ class Progress:
             print(f"  {finished:>6} finished  {now:8.1f} s  RSS {rss:7.1f} MB", flush=True)
             while self._next_report <= finished:
                 self._next_report += self.every
+
+    def cpu_at(self, finished: int) -> float | None:
+        """The driver's CPU seconds when `finished` samples were first seen finished."""
+        return next((cpu for n, _, cpu in self.timeline if n >= finished), None)
+
+    def cpu_ms_per_sample(self, low: int, high: int) -> float | None:
+        """Driver CPU per sample between `low` and `high` finished samples: robust to other load on the
+        machine, which stretches the wall-clock figures."""
+        a, b = self.cpu_at(low), self.cpu_at(high)
+        return None if a is None or b is None or high <= low else round((b - a) / (high - low) * 1000, 3)
 
 
 # --- reading the store --------------------------------------------------------------------------
@@ -281,6 +291,7 @@ def main() -> None:
     start = time.perf_counter()
     store, spec = prepare(config, run_dir)
     summary = execute(store, spec, run_dir, on_progress=progress)
+    summary = summary if isinstance(summary, Mapping) else {}
     execute_s = time.perf_counter() - start
     driver_cpu_s = _cpu_s() - cpu_before
     load_after = _loadavg()
@@ -310,7 +321,9 @@ def main() -> None:
         "status": summary.get("status"), "n_measured": n, "window": window,
         "time_per_sample_ms": {"first_window": round(costs["first_ms"], 3), "last_window": round(costs["last_ms"], 3),
                                "ratio_last_to_first": round(costs["ratio"], 3), "overall": round(costs["overall_ms"], 3),
-                               "profile_per_window": costs["profile_ms"]},
+                               "profile_per_window": costs["profile_ms"],
+                               "driver_cpu_first_window": progress.cpu_ms_per_sample(1, window + 1),
+                               "driver_cpu_last_window": progress.cpu_ms_per_sample(n - window, n)},
         "store": {"db_bytes": db_bytes, "wal_bytes": wal_bytes, "kb_per_sample": round(store_kb, 3),
                   "bytes_after_close": closed_bytes, "kb_per_sample_after_close": round(closed_bytes / 1024 / n, 3),
                   "breakdown": breakdown},
@@ -376,7 +389,9 @@ def print_table(report: dict[str, Any], window: int) -> None:
          f"{r[f'at_{window}_finished']} / {r[f'at_{n}_finished']} MB", f"peak {r['peak_process']} MB"),
         ("wall", f"{report['wall_s']['execute']:.1f} s (execute), "
                  f"{report['wall_s']['first_to_last_measurement']:.1f} s first to last measurement", ""),
-        ("driver CPU", f"{report['driver_cpu_s']:.1f} s", f"load average after {report['load_average']['after']}"),
+        ("driver CPU ms/sample", f"{t['driver_cpu_first_window']} first, {t['driver_cpu_last_window']} last "
+                                 f"({report['driver_cpu_s']:.1f} s in all)",
+         f"load average {report['load_average']['before']} -> {report['load_average']['after']}"),
     ]
     width = max(len(k) for k, _, _ in rows)
     vwidth = max(len(v) for _, v, _ in rows)
