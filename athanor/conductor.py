@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from athanor.approval import rule_failures
 from athanor.commands import OperatorCommand, describe, pool_row, problems
-from athanor.feeds import Feeds
+from athanor.feeds import Feeds, observation
 from athanor.recovery import reconcile
 from athanor.lease import HEARTBEAT_S
 from athanor.messages import (
@@ -211,7 +211,7 @@ class Conductor:
         request = DesignRequest(**self._env(), n=n, batch=batch, history_through_batch=cutoff, n_history=known,
                                 pending_ids=[s["id"] for s in pending])
         self._log(request)
-        observations = [_observation(s) for s in pending]
+        observations = [observation(s) for s in pending]
         reply = await self._call("design", None, lambda feed: self.agents.designer.propose.remote(
             to_wire(request), feed, observations), feed="designer")
         if self.stop_reason:  # the campaign stopped while the designer worked: nothing new goes in
@@ -450,8 +450,3 @@ def _uses_budget(sample: dict[str, Any]) -> bool:
     # An operator's rejection frees its slot; a timeout's does not, or an unattended campaign would
     # propose for ever.
     return sample["state"] != "rejected" or (sample["error"] or "").startswith("rejected by policy:")
-
-
-def _observation(sample: dict[str, Any]) -> dict[str, Any]:
-    return {"inputs": sample["inputs"], "values": sample["values"], "pool_index": sample["pool_index"],
-            "failed": sample["state"] in ("failed", "rejected")}

@@ -28,10 +28,15 @@ def _ready(feed: str, s: dict[str, Any]) -> bool:
     return bool(s["values"]) and s["state"] != "failed"
 
 
+def observation(s: dict[str, Any]) -> dict[str, Any]:
+    """A sample as a strategy sees it (planners.base.Observation)."""
+    return {"inputs": s["inputs"], "values": s["values"], "pool_index": s["pool_index"],
+            "failed": s["state"] in ("failed", "rejected")}
+
+
 def record(feed: str, s: dict[str, Any]) -> dict[str, Any]:
     if feed == "designer":
-        return {"seq": s["seq"], "inputs": s["inputs"], "values": s["values"], "pool_index": s["pool_index"],
-                "failed": s["state"] in ("failed", "rejected")}
+        return {"seq": s["seq"], **observation(s)}
     if feed == "planner":
         return {"seq": s["seq"], "batch": s["batch"], "sample_id": s["id"], "recipe": s["recipe"],
                 "state": s["state"], "values": s["values"]}
