@@ -9,6 +9,7 @@ What the store's documents say decides what resume does; it never runs a key twi
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from athanor import commands
 from athanor.conductor import Conductor
+from athanor.messages import to_wire
 from athanor.pool import load_pool
 from athanor.report import results_table
 from athanor.runtime import InProcess, local_agents
@@ -248,3 +250,17 @@ def test_the_in_process_handle_copies_arguments_as_ray_would():
     given = {"a": 1}
     result = asyncio.run(InProcess(Echo()).keep.remote(given))
     assert result == {"a": 1, "changed": True} and given == {"a": 1}
+
+
+def test_a_sample_costs_the_same_late_in_a_campaign_as_early(tmp_path, monkeypatch):
+    """The conductor reads the samples from the store once, at start (not per loop turn or step), and
+    requests name earlier samples by rule, not by copy: the last request is no bigger than the first."""
+    spec, store = campaign(tmp_path, budget=16)
+    reads = []
+    real = Store.samples
+    monkeypatch.setattr(Store, "samples", lambda self, *a, **k: reads.append(1) or real(self, *a, **k))
+    assert resume(spec, store) == "completed"
+    assert len(reads) == 1
+    for kind in ("synthesis_request", "design_request"):
+        sizes = [len(json.dumps(to_wire(e))) for e in store.events(kind=kind)]
+        assert len(sizes) >= 8 and max(sizes) - min(sizes) < 100, (kind, sizes)
