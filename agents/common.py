@@ -11,21 +11,27 @@ from athanor.spec import Campaign
 
 
 class History:
-    """An agent's copy of the campaign's history, extended by the conductor's feed (athanor/feeds.py):
-    `take({"start": n, "records": [...]})` appends what it lacks and returns False when it has fewer
-    than `start` records (it was restarted), so the agent asks for everything again."""
+    """An agent's copy of the campaign's history, extended by the conductor's feed (athanor/feeds.py).
+
+    `take({"start": n, "records": [...]})` returns the records new to the agent and whether they replace
+    all it had (a feed from position 0 is everything), or None when it has fewer than `start` records
+    (it was restarted): the agent then answers `RESYNC` and is sent everything."""
 
     RESYNC = {"resync": True}
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    def take(self, feed: dict[str, Any]) -> bool:
+    def take(self, feed: dict[str, Any]) -> tuple[list[dict[str, Any]], bool] | None:
         start, records = int(feed["start"]), list(feed["records"])
         if start > len(self.records):
-            return False
-        self.records.extend(records[len(self.records) - start:])
-        return True
+            return None
+        if start == 0:
+            self.records = records
+            return records, True
+        new = records[len(self.records) - start:]
+        self.records.extend(new)
+        return new, False
 
 
 class Agent:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from athanor import registry
-import bisect
-
 from athanor.agents.common import Agent, History
 from athanor.errors import AthanorError
 from athanor.messages import DesignProposal, DesignRequest, to_wire
@@ -51,12 +50,13 @@ class DesignerAgent(Agent):
         self._history: list[Observation] = []  # in sample order, whatever order they were finished in
 
     def _extend(self, feed: dict[str, Any]) -> bool:
-        before = len(self.feed.records)
-        if feed["start"] == 0 and before:  # everything again: start afresh
-            self.feed, self._seqs, self._history, before = History(), [], [], 0
-        if not self.feed.take(feed):
+        taken = self.feed.take(feed)
+        if taken is None:
             return False
-        for item in self.feed.records[before:]:
+        new, replaced = taken
+        if replaced:
+            self._seqs, self._history = [], []
+        for item in new:
             item = dict(item)
             seq = item.pop("seq")
             at = bisect.bisect(self._seqs, seq)

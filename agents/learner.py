@@ -69,14 +69,15 @@ class LearnerAgent(Agent):
                final: bool = False) -> dict[str, Any]:
         """After sample `sample_id` is measured: `feed` brings the measurements the learner has not seen
         (athanor/feeds.py); `final` says the budget's last sample is in (a last refit is due)."""
-        if feed["start"] == 0 and self.history.records:  # everything again: start afresh
-            self.history, self._best = History(), None
-        before = len(self.history.records)
-        if not self.history.take(feed):
+        taken = self.history.take(feed)
+        if taken is None:
             return History.RESYNC
+        added, replaced = taken
+        if replaced:
+            self._best = None
         spec = self.spec
         samples = self.history.records
-        new = [s for s in samples[before:] if s.get("values") and s.get("state") != "failed"]
+        new = [s for s in added if s.get("values") and s.get("state") != "failed"]
         best = self._best = best_sample([*([self._best] if self._best else []), *new], spec.objectives,
                                         spec.outcome_constraints)
         measured = samples

@@ -22,7 +22,7 @@ class PlannerAgent(Agent):
         (athanor/feeds.py), of which the route sees those of batches up to `history_through_batch`."""
         try:
             message = self.receive(request, SynthesisRequest)
-            if feed is not None and not self.history.take(feed):
+            if feed is not None and self.history.take(feed) is None:
                 return History.RESYNC
             history = message.history
             if message.history_through_batch is not None and getattr(self.route, "learns", True):

@@ -40,7 +40,7 @@ def test_each_finished_sample_is_sent_once_in_sample_order_and_a_restarted_agent
     assert not restarted.take(feeds.next("planner"))
     assert restarted.take(feeds.everything("planner"))
     assert restarted.records == [record("planner", s) for s in sorted(store, key=lambda s: s["seq"])]
-    assert agent.take(feeds.everything("planner")) and len(agent.records) == 5  # an overlap is not doubled
+    assert agent.take(feeds.everything("planner")) and len(agent.records) == 5  # everything replaces, never doubles
 
 
 def test_the_designer_knows_finished_samples_only_from_batches_it_may_see():
