@@ -7,10 +7,12 @@ default SQLite file, and the outputs. Everything else about the campaign lives i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from athanor.errors import AthanorError
 from athanor.messages import CampaignEvent
@@ -119,15 +121,34 @@ def execute(store: Store, spec: Campaign, out: str | Path,
     try:
         started_ray = connect(spec.ray_address)
         try:
-            agents = start_agents(spec, store.campaign_id, store.url)
-            conductor = Conductor(spec, store, agents, previous_wall_s=store.wall_time_s(), on_progress=on_progress)
-            try:
-                status = asyncio.run(conductor.run())
-            finally:
-                stop_agents(agents)
+            with channel_access(spec, Path(out)) as environment:
+                agents = start_agents(spec, store.campaign_id, store.url, environment)
+                conductor = Conductor(spec, store, agents, previous_wall_s=store.wall_time_s(), on_progress=on_progress)
+                try:
+                    status = asyncio.run(conductor.run())
+                finally:
+                    stop_agents(agents)
         finally:
             if started_ray:
                 ray.shutdown()
         return write_outputs(store, spec, Path(out), status)
     finally:
         store.release_lease()
+
+
+@contextlib.contextmanager
+def channel_access(spec: Campaign, out: Path) -> Iterator[dict[str, str]]:
+    """Where epics instruments find their IOC: this run's own (`ioc: embedded`, serving the campaign
+    on a free loopback port for the run's length), or the one the EPICS_CA_* environment names."""
+    if not any(i.backend == "epics" for i in spec.instruments):
+        yield {}
+        return
+    if spec.ioc == "external":
+        yield {k: v for k, v in os.environ.items() if k.startswith("EPICS_")}
+        return
+    from athanor.ioc import embedded
+
+    config = out / "ioc_campaign.json"  # JSON is YAML: `athanor ioc` reads it as a campaign file
+    config.write_text(json.dumps(spec.model_dump(mode="json"), indent=1))
+    with embedded(config, log=out / "ioc.log") as ioc:
+        yield ioc.environment

@@ -194,6 +194,18 @@ def _world_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ioc(args: argparse.Namespace) -> int:
+    from athanor import ioc, registry
+    from athanor.spec import load_campaign
+
+    spec = load_campaign(args.config)
+    if args.list_pvs:
+        print("\n".join(ioc.pv_names(spec, ioc.lab_hardware(spec, registry.make_world(spec)), args.prefix)))
+        return 0
+    ioc.serve(spec, args.prefix, args.port, args.interface, tuple(args.stall))
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     from athanor.planners.synthesis import plan_report
 
@@ -303,6 +315,15 @@ def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (repeatable)")
     evaluate.set_defaults(func=_world_eval)
 
+    ioc = sub.add_parser("ioc", help="serve the campaign's simulated instruments as EPICS PVs (Channel Access)")
+    ioc.add_argument("config")
+    ioc.add_argument("--prefix", help="PV prefix for every instrument (default: each instrument's own)")
+    ioc.add_argument("--port", type=int, help="Channel Access server port (default: EPICS_CA_SERVER_PORT, else 5064)")
+    ioc.add_argument("--interface", default="127.0.0.1", help="address to serve on (default: loopback)")
+    ioc.add_argument("--list-pvs", action="store_true", help="print every PV name, one per line, and exit")
+    ioc.add_argument("--stall", action="append", default=[], metavar="INSTRUMENT",
+                     help="a drill: this instrument's actions never complete (repeatable)")
+    ioc.set_defaults(func=_ioc)
     schema = sub.add_parser("schema", help="print the message protocol's JSON Schema")
     schema.set_defaults(func=_schema)
     return parser

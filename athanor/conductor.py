@@ -27,16 +27,18 @@ once those are finished, so the same seed gives the same campaign however the st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from pydantic import ValidationError
 
 from athanor.approval import rule_failures
 from athanor.commands import OperatorCommand, describe, pool_row, problems
 from athanor.feeds import Feeds, observation
-from athanor.recovery import reconcile
+from athanor.documents import run_outcome
+from athanor.recovery import interrupt, quarantined, reconcile
 from athanor.lease import HEARTBEAT_S
 from athanor.messages import (
     ApprovalDecision,
@@ -80,7 +82,12 @@ class Conductor:
         self._paused_since = time.monotonic()
         self.batch_size = spec.batch_size
         self._beat = 0.0
-        self._busy: dict[str, asyncio.Lock] = {}  # instrument name -> held while it runs a step
+        # Instruments: a step goes to a free one of its role that is in service.
+        self.busy: set[str] = set()
+        self.quarantined: dict[str, str] = {}  # instrument -> why it is out of service
+        self.lost_in_a_row: Counter[str] = Counter()
+        self.busy_s: Counter[str] = Counter()  # instrument -> seconds it spent on steps this session
+        self._freed: asyncio.Condition | None = None
         # The campaign in memory: every sample, the ones not finished, and running tallies.
         self.samples: dict[str, dict[str, Any]] = {}
         self.open: dict[str, dict[str, Any]] = {}
@@ -135,6 +142,7 @@ class Conductor:
                                 detail={"budget": self.spec.budget.experiments,
                                         "approval": self.spec.approval.policy}))
         self.intents = self.store.last_intents(list(self.open))
+        self.quarantined = quarantined(self.store.events(kind="campaign_event"))
         self.interrupted_keys = {e.idempotency_key for e in self.store.events(kind="step_interrupted")}
         if resumed:
             await reconcile(self)
@@ -357,32 +365,57 @@ class Conductor:
         self._log(request, reply)  # planning is replayed after a crash: the request need not go first
 
     async def _synthesize(self, s: dict[str, Any]) -> None:
-        name = self.agents.synthesizer_name
-        async with self._instrument(name):
+        async with self._instrument("synthesis") as name:
             key = self._intent(s["id"], "synthesize", name)
-            raw = await self._call_raw("synthesize", s["id"], lambda: self.agents.synthesizer.run.remote(s["recipe"], key))
-        if isinstance(raw, Fault):
-            self._log(raw)
+            raw = await self._call_raw("synthesize", s["id"],
+                                       lambda: self.agents.instruments[name].run.remote(s["recipe"], key))
+        if not self._reached(s, "synthesize", name, raw):
             return
         self._log(self._checked(raw["message"], "synthesize", s["id"]))
 
     async def _characterize(self, s: dict[str, Any]) -> None:
-        name = self.agents.probe_name
-        request = CharacterizationRequest(**self._env(s["id"]), product=s["product"], probe=name)
-        async with self._instrument(name):
+        async with self._instrument("characterization") as name:
+            request = CharacterizationRequest(**self._env(s["id"]), product=s["product"], probe=name)
             key = self._intent(s["id"], "characterize", name, request)
-            raw = await self._call_raw("characterize", s["id"], lambda: self.agents.probe.run.remote(to_wire(request), key))
-        if isinstance(raw, Fault):
-            self._log(raw)
+            raw = await self._call_raw("characterize", s["id"],
+                                       lambda: self.agents.instruments[name].run.remote(to_wire(request), key))
+        if not self._reached(s, "characterize", name, raw):
             return
         if raw["message"] is not None:  # the probe itself failed
             self._log(self._checked(raw["message"], "characterize", s["id"]))
             return
-        await self._interpret(s["id"], request.id, raw["documents"], raw["duration_s"])
+        await self._interpret(s["id"], request.id, name, raw["documents"], raw["duration_s"])
 
-    async def _interpret(self, sample_id: str, causation_id: str | None, documents: Any, duration_s: float) -> None:
+    def _reached(self, s: dict[str, Any], step: str, name: str, raw: Any) -> bool:
+        """Whether the instrument's reply is a step's outcome. If it did not answer, the step goes back to
+        wait for an instrument; if the control system lost it mid-step, the step is interrupted (its
+        `on_interrupted` policy decides). Either counts toward taking the instrument out of service."""
+        if isinstance(raw, Fault):
+            self._log(raw)
+            return False
+        lost = raw.get("lost")
+        if lost is None and raw.get("unavailable") is None:
+            self.lost_in_a_row[name] = 0
+            return True
+        self.lost_in_a_row[name] += 1
+        if lost is not None:
+            outcome = run_outcome(raw["documents"])
+            interrupt(self, s, step, self.intents[(s["id"], step)], outcome, lost)
+        else:
+            self._log(CampaignEvent(**self._env(s["id"]), event="instrument_unavailable",
+                                    detail={"instrument": name, "step": step, "reason": raw["unavailable"]}))
+        limit = next(i for i in self.spec.instruments if i.name == name).quarantine_after
+        if self.lost_in_a_row[name] >= limit and name not in self.quarantined:
+            why = f"{self.lost_in_a_row[name]} steps lost in a row; last: {lost or raw['unavailable']}"
+            self.quarantined[name] = why
+            self._log(CampaignEvent(**self._env(), event="instrument_quarantined",
+                                    detail={"instrument": name, "reason": why}))
+        return False
+
+    async def _interpret(self, sample_id: str, causation_id: str | None, instrument: str, documents: Any,
+                         duration_s: float) -> None:
         self._log(await self._call("characterize", sample_id, lambda: self.agents.characterizer.interpret.remote(
-            sample_id, causation_id, self.agents.probe_name, documents, duration_s)))
+            sample_id, causation_id, instrument, documents, duration_s)))
 
     async def _learn(self, s: dict[str, Any]) -> None:
         final = self.used >= self.spec.budget.experiments and all(
@@ -403,8 +436,29 @@ class Conductor:
         return {"campaign_id": self.store.campaign_id, "sample_id": sample_id,
                 "causation_id": causation_id, "sender": self.sender}
 
-    def _instrument(self, name: str) -> asyncio.Lock:
-        return self._busy.setdefault(name, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _instrument(self, role: str) -> AsyncIterator[str]:
+        """A free instrument of `role` in service, held for one step (waits until there is one)."""
+        if self._freed is None:
+            self._freed = asyncio.Condition()
+        async with self._freed:
+            await self._freed.wait_for(lambda: self._free(role) is not None)
+            name = self._free(role)
+            self.busy.add(name)
+        began = time.monotonic()
+        try:
+            yield name
+        finally:
+            self.busy_s[name] += time.monotonic() - began
+            async with self._freed:
+                self.busy.discard(name)
+                self._freed.notify_all()
+
+    def _free(self, role: str) -> str | None:
+        """The free instrument of `role` least used so far (so all of a pool get used), or None."""
+        free = [i.name for i in self.spec.instruments
+                if i.role == role and i.name not in self.busy and i.name not in self.quarantined]
+        return min(free, key=lambda n: self.busy_s[n], default=None)
 
     def _intent(self, sample_id: str, step: str, target: str, *before: Message) -> str:
         """Log that `target` begins `step` now (after `before`, in the same transaction); its key."""

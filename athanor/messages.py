@@ -61,11 +61,13 @@ class Candidate(BaseModel):
 
 
 class CampaignEvent(Envelope):
-    """Start, resume and end of a campaign (with the status it ended in), and an operator's pause,
-    unpause or change of batch size (with who, through which channel, in `detail`)."""
+    """Start, resume and end of a campaign (with the status it ended in), an operator's pause, unpause or
+    change of batch size (with who, through which channel, in `detail`), and an instrument that did not
+    answer, was taken out of service or put back (`detail`: instrument, reason, by)."""
 
     kind: Literal["campaign_event"] = "campaign_event"
-    event: Literal["started", "resumed", "paused", "unpaused", "batch_size_set", "lease_taken_over", "ended"]
+    event: Literal["started", "resumed", "paused", "unpaused", "batch_size_set", "lease_taken_over", "ended",
+                   "instrument_unavailable", "instrument_quarantined", "instrument_restored"]
     status: str | None = None
     detail: dict[str, Any] = {}
 
@@ -122,7 +124,7 @@ class StepIntent(Envelope):
 
 class StepInterrupted(Envelope):
     """An instrument step that began (its start document is stored) and never finished: the driver died
-    mid-run. What follows is the instrument's `on_interrupted` policy: `retry` runs it again under a new
+    mid-run, or the control system lost the instrument mid-step. What follows is the instrument's `on_interrupted` policy: `retry` runs it again under a new
     key, `fail` fails the sample, `ask` waits for an operator (approve: retry; reject: fail)."""
 
     kind: Literal["step_interrupted"] = "step_interrupted"

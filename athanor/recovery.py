@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from athanor.documents import run_outcome
-from athanor.messages import ApprovalRequest, Fault, Message, StepIntent, StepInterrupted, SynthesisResult
+from athanor.messages import ApprovalRequest, CampaignEvent, Fault, Message, StepIntent, StepInterrupted, SynthesisResult
 
 INSTRUMENT_STEP = {"planned": "synthesize", "synthesized": "characterize"}
 
@@ -36,10 +36,10 @@ async def reconcile(conductor: Any) -> None:
             conductor._log(_recovered_synthesis(conductor, s["id"], intent, outcome))
         elif outcome.state == "finished":
             request = next(iter(conductor.store.events(s["id"], kind="characterization_request")[-1:]), None)
-            await conductor._interpret(s["id"], request.id if request else None, outcome.documents,
-                                       _duration(outcome.documents))
+            await conductor._interpret(s["id"], request.id if request else None, intent.target,
+                                       outcome.documents, _duration(outcome.documents))
         else:
-            _interrupted(conductor, s, step, intent, outcome)
+            interrupt(conductor, s, step, intent, outcome, f"{outcome.reason} on {intent.target}")
 
 def _recovered_synthesis(conductor: Any, sample_id: str, intent: StepIntent, outcome: Any) -> Message:
     """The result a finished synthesis run would have returned, read from its documents."""
@@ -54,20 +54,32 @@ def _recovered_synthesis(conductor: Any, sample_id: str, intent: StepIntent, out
                            duration_s=_duration(outcome.documents))
 
 
-def _interrupted(conductor: Any, s: dict[str, Any], step: str, intent: StepIntent, outcome: Any) -> None:
+def interrupt(conductor: Any, s: dict[str, Any], step: str, intent: StepIntent, outcome: Any, reason: str) -> None:
+    """Log that a begun step did not finish, and what the instrument's `on_interrupted` policy does."""
     role = "synthesis" if step == "synthesize" else "characterization"
     spec = conductor.spec
     action = next((i for i in spec.instruments if i.name == intent.target), spec.instrument(role)).interrupted_policy
     conductor._log(StepInterrupted(
         **conductor._env(s["id"], intent.id), step=step, idempotency_key=intent.idempotency_key,
-        run_uid=outcome.run_uid, started_at=outcome.started_at, action=action,
-        reason=f"{outcome.reason} on {intent.target}"))
+        run_uid=outcome.run_uid, started_at=outcome.started_at, action=action, reason=reason))
     conductor.interrupted_keys.add(intent.idempotency_key)
     if action == "ask":
         conductor._log(ApprovalRequest(
             **conductor._env(s["id"]), policy=f"on_interrupted:{action}",
-            reason=f"{step} was interrupted ({outcome.reason}): approve to run it again as a new run, "
+            reason=f"{step} was interrupted ({reason}): approve to run it again as a new run, "
                    "reject to fail the sample"))
+
+
+def quarantined(events: list[Any]) -> dict[str, str]:
+    """Instruments out of service, and why, from the campaign's events (the last word on each counts)."""
+    out: dict[str, str] = {}
+    for event in events:
+        name = event.detail.get("instrument") if isinstance(event, CampaignEvent) else None
+        if event.event == "instrument_quarantined":
+            out[name] = str(event.detail.get("reason", ""))
+        elif event.event == "instrument_restored":
+            out.pop(name, None)
+    return out
 
 
 def _duration(documents: list[tuple[str, dict[str, Any]]]) -> float:

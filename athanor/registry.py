@@ -1,6 +1,7 @@
 """Plug-ins by entry point: a lab adds its own strategies and worlds without forking.
 
-Entry-point groups ``athanor.strategies`` and ``athanor.worlds``; the built-ins are listed here too,
+Entry-point groups ``athanor.strategies``, ``athanor.routes``, ``athanor.instruments`` and
+``athanor.worlds``; the built-ins are listed here too,
 so a source checkout works before it is installed.
 """
 
@@ -23,6 +24,12 @@ BUILTIN = {
         "direct": "athanor.planners.routes:DirectRoute",
         "solid_state": "athanor.planners.synthesis:SolidStateRoute",
     },
+    "athanor.instruments": {
+        "powder_furnace": "athanor.instruments.stations:PowderFurnace",
+        "synthesizer": "athanor.instruments.stations:OneBoxSynthesizer",
+        "xrd": "athanor.instruments.stations:XrdStation",
+        "probe": "athanor.instruments.stations:ProbeStation",
+    },
     "athanor.worlds": {
         "replay": "athanor.simulators.replay:ReplayWorld",
         "alloy": "athanor.simulators.alloy:AlloyWorld",
@@ -32,7 +39,8 @@ BUILTIN = {
 }
 
 
-KIND = {"athanor.strategies": "strategy", "athanor.routes": "synthesis route", "athanor.worlds": "world"}
+KIND = {"athanor.strategies": "strategy", "athanor.routes": "synthesis route", "athanor.worlds": "world",
+        "athanor.instruments": "instrument kind"}
 
 
 def available(group: str) -> dict[str, str]:
@@ -74,7 +82,16 @@ def check_plugins(spec: Any) -> None:
         known = available(group)
         if name not in known:
             problems.append(f"{field}: unknown {KIND[group]} {name!r}; known: {', '.join(sorted(known))}")
+    for n, instrument in enumerate(spec.instruments):
+        known = available("athanor.instruments")
+        if instrument.kind is not None and instrument.kind not in known:
+            problems.append(f"instruments.{n}.kind: unknown instrument kind {instrument.kind!r}; "
+                            f"known: {', '.join(sorted(known))}")
     if problems:
         raise SpecError("campaign", problems)
-    make_world(spec)  # a world checks that the campaign suits it (e.g. replay needs a pool space)
+    world = make_world(spec)  # a world checks that the campaign suits it (e.g. replay needs a pool space)
     make_route(spec)
+    from athanor.instruments.stations import station_for
+
+    for instrument in spec.instruments:
+        station_for(spec, instrument, world)

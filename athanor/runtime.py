@@ -29,13 +29,10 @@ class Agents:
     planner: Any
     characterizer: Any
     learner: Any
-    synthesizer: Any
-    probe: Any
-    synthesizer_name: str
-    probe_name: str
+    instruments: dict[str, Any]  # instrument name -> its station's agent
 
     def handles(self) -> list[Any]:
-        return [self.designer, self.planner, self.characterizer, self.learner, self.synthesizer, self.probe]
+        return [self.designer, self.planner, self.characterizer, self.learner, *self.instruments.values()]
 
 
 def connect(address: str | None = None) -> bool:
@@ -60,21 +57,19 @@ def error_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def start_agents(spec: Campaign, campaign_id: str, store_url: str | None = None) -> Agents:
-    """The campaign's agents as actors; instruments write their documents to the store at `store_url`."""
+def start_agents(spec: Campaign, campaign_id: str, store_url: str | None = None,
+                 channel_access: dict[str, str] | None = None) -> Agents:
+    """The campaign's agents as actors; instruments write their documents to the store at `store_url`
+    and, over EPICS, find their IOC with `channel_access` (EPICS_CA_* variables)."""
     wire = spec.model_dump(mode="json")
-    synth = spec.instrument("synthesis").name
-    probe = spec.instrument("characterization").name
 
     def actor(cls: type, *args: Any) -> Any:
         return ray.remote(cls).options(**ACTOR_OPTIONS).remote(wire, campaign_id, *args)
 
     agents = Agents(
         designer=actor(DesignerAgent), planner=actor(PlannerAgent), characterizer=actor(CharacterizerAgent),
-        learner=actor(LearnerAgent), synthesizer=actor(InstrumentAgent, synth, store_url),
-        probe=actor(InstrumentAgent, probe, store_url),
-        synthesizer_name=synth, probe_name=probe,
-    )
+        learner=actor(LearnerAgent),
+        instruments={i.name: actor(InstrumentAgent, i.name, store_url, channel_access) for i in spec.instruments})
     try:
         ray.get([h.ping.remote() for h in agents.handles()])
     except RayError as exc:
@@ -105,17 +100,15 @@ class InProcess:
         return _Method
 
 
-def local_agents(spec: Campaign, campaign_id: str, store_url: str | None = None) -> Agents:
+def local_agents(spec: Campaign, campaign_id: str, store_url: str | None = None,
+                 channel_access: dict[str, str] | None = None) -> Agents:
     """The campaign's agents as plain objects in this process (see `InProcess`)."""
     wire = spec.model_dump(mode="json")
-    synth = spec.instrument("synthesis").name
-    probe = spec.instrument("characterization").name
     return Agents(
         designer=InProcess(DesignerAgent(wire, campaign_id)), planner=InProcess(PlannerAgent(wire, campaign_id)),
         characterizer=InProcess(CharacterizerAgent(wire, campaign_id)), learner=InProcess(LearnerAgent(wire, campaign_id)),
-        synthesizer=InProcess(InstrumentAgent(wire, campaign_id, synth, store_url)),
-        probe=InProcess(InstrumentAgent(wire, campaign_id, probe, store_url)),
-        synthesizer_name=synth, probe_name=probe)
+        instruments={i.name: InProcess(InstrumentAgent(wire, campaign_id, i.name, store_url, channel_access))
+                     for i in spec.instruments})
 
 
 def stop_agents(agents: Agents) -> None:

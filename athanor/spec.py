@@ -210,13 +210,25 @@ class WorldSpec(_Strict):
 
 
 class InstrumentSpec(_Strict):
-    name: str
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
     role: Literal["synthesis", "characterization"]
-    backend: Literal["simulated"] = "simulated"
+    kind: str | None = Field(default=None, description="the station (entry point 'athanor.instruments'); "
+                             "unset: what suits the world (powder_furnace or synthesizer; xrd or probe)")
+    backend: Literal["simulated", "epics"] = Field(default="simulated", description="simulated: the world in "
+                                                   "process; epics: ophyd EpicsSignals over Channel Access")
+    prefix: str = Field(default="athanor:", max_length=60, pattern=r"^[A-Za-z0-9_:\-]*$",
+                        description="PV names are {prefix}{name}:{device}:{channel}")
+    timeout_s: float = Field(default=300.0, gt=0, description="how long one action (a firing, a scan) may take "
+                             "before it is a fault of the step")
+    retries: int = Field(default=3, ge=0, description="tries again to reach an instrument that does not answer, "
+                         "waiting backoff_s, then twice that, ..., before the step is given up on this instrument")
+    backoff_s: float = Field(default=1.0, ge=0)
+    quarantine_after: int = Field(default=3, ge=1, description="steps lost in a row (unreachable, or the control "
+                                  "system lost the instrument mid-step) before it is taken out of service")
     on_interrupted: Literal["retry", "fail", "ask"] | None = Field(
-        default=None, description="a step this instrument began and never finished (the driver died mid-run): "
-        "run it again as a new run, fail the sample, or ask an operator (default: retry for characterization, "
-        "ask for synthesis)")
+        default=None, description="a step this instrument began and never finished (the driver died mid-run, "
+        "or the control system lost the instrument): run it again as a new run, fail the sample, or ask an "
+        "operator (default: retry for characterization, ask for synthesis)")
 
     @property
     def interrupted_policy(self) -> str:
@@ -282,6 +294,9 @@ class Campaign(_Strict):
     store_retry_s: float = Field(default=60.0, ge=0, description="how long a lost database connection is retried, "
                                  "the campaign waiting meanwhile, before it stops (resume it with --resume)")
     ray_address: str | None = None
+    ioc: Literal["external", "embedded"] = Field(default="external", description="epics instruments: use the IOC "
+                                                 "the EPICS_CA_* environment finds (external), or start "
+                                                 "'athanor ioc' for this run (embedded: a dry run over EPICS)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Campaign:
@@ -290,7 +305,7 @@ class Campaign(_Strict):
             raise ValueError("objective names must be unique")
         roles = {i.role for i in self.instruments}
         if roles != {"synthesis", "characterization"}:
-            raise ValueError("instruments need one 'synthesis' and one 'characterization' role")
+            raise ValueError("instruments need at least one 'synthesis' and one 'characterization' instrument")
         if len({i.name for i in self.instruments}) != len(self.instruments):
             raise ValueError("instrument names must be unique")
         rules = self.approval.rules

@@ -1,80 +1,143 @@
-"""Simulated ophyd devices backed by a world.
+"""ophyd devices for the lab's hardware, on either backend, with the same components.
 
-A device is told what to work on through a setpoint signal (the recipe, or the product to probe);
-`trigger()` asks the world and publishes the result on its readback signals, so a Bluesky plan
-reads it like any detector and the run's documents hold the raw data. These two are the generic
-ones, for any world; lab.py has the doser, furnace and diffractometer of worlds that model them.
+`soft_device(hardware, name)`: the `simulated` backend. Every channel of the `Hardware` is a soft
+`Signal`; `trigger()` hands the setpoints to the hardware, runs its action in this process and
+publishes the readbacks.
+
+`epics_device(hardware_class, pv_prefix, name, timeout_s)`: the `epics` backend. Every channel is an
+`EpicsSignal` (writable) or `EpicsSignalRO` at `{pv_prefix}{channel}`, over Channel Access (caproto's
+client); `trigger()` writes 1 to `{pv_prefix}acquire` and waits for the put to complete — the IOC
+completes it when the action is done — at most `timeout_s`, then reads `error`.
+
+Failures come back in the status, as hardware's do: an `InstrumentFault` when the instrument itself
+reports one (the step failed: a cracked crucible, a detector dropout); a `ControlSystemError` when the
+control system lost it (a PV disconnected, an action that never completed): the instrument may be fine
+and the sample untouched, or not — the station decides what that means for the step.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import threading
+import time
 from typing import Any
 
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from athanor.simulators.base import World
+from athanor.instruments.hardware import MAX_POINTS, MAX_TEXT, Hardware
+from athanor.simulators.base import InstrumentFault
+
+CONNECT_TIMEOUT_S = 2.0  # one attempt to reach a PV
 
 
-class _WorldDevice(Device):
-    def __init__(self, *args: Any, world: World, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._world = world
-        self.step_key = ""
+class ControlSystemError(RuntimeError):
+    """The control system lost the instrument: a disconnected PV, an action that did not complete in time."""
 
-    def _compute(self) -> None:
-        raise NotImplementedError
+
+class _SoftDevice(Device):
+    hardware: Hardware
 
     def trigger(self) -> DeviceStatus:
         status = DeviceStatus(self)
+        hw = self.hardware
         try:
-            self._compute()
+            for channel in hw.all_channels():
+                if channel.writable:
+                    hw.put(channel.name, getattr(self, channel.name).get())
+            hw.acquire()
         except Exception as exc:  # noqa: BLE001 -- the fault travels in the status, as hardware's would
-            status.set_exception(exc)
+            status.set_exception(exc if isinstance(exc, InstrumentFault) else InstrumentFault(str(exc)))
         else:
             status.set_finished()
+        finally:
+            for channel in hw.all_channels():
+                if not channel.writable:
+                    getattr(self, channel.name).put(hw.values[channel.name])
         return status
 
 
-class SimulatedSynthesizer(_WorldDevice):
-    """Takes a recipe (JSON) and makes the product the world says it makes."""
-
-    recipe = Cpt(Signal, value="{}", kind="normal")
-    product = Cpt(Signal, value="{}", kind="hinted")
-
-    def _compute(self) -> None:
-        product = self._world.synthesize(json.loads(self.recipe.get()), key=self.step_key)
-        self.product.put(json.dumps(product))
-
-
-class _ProbeBase(_WorldDevice):
-    sample = Cpt(Signal, value="{}", kind="normal")
-    channels: dict[str, str] = {}  # component name -> the world's output name
-
-    def _compute(self) -> None:
-        values = self._world.measure(json.loads(self.sample.get()), probe=self.name, key=self.step_key)
-        for attr, output in self.channels.items():
-            getattr(self, attr).put(float(values[output]))
+def soft_device(hardware: Hardware, name: str) -> Device:
+    """The hardware in this process, its channels as soft signals."""
+    components = {c.name: Cpt(Signal, value=c.initial, kind=c.kind if c.kind != "omitted" else "omitted")
+                  for c in hardware.all_channels()}
+    cls = type(f"Simulated{type(hardware).__name__}", (_SoftDevice,), components)
+    device = cls(name=name)
+    device.hardware = hardware
+    device.outputs = dict(getattr(type(hardware), "outputs", {}))  # a probe's readings: channel -> output
+    return device
 
 
-def _attr(name: str, taken: set[str]) -> str:
-    base = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower() or "value"
-    base = base if base[0].isalpha() else f"v_{base}"
-    attr, i = base, 2
-    while attr in taken:
-        attr, i = f"{base}_{i}", i + 1
-    taken.add(attr)
-    return attr
+class _EpicsDevice(Device):
+    timeout_s: float = 60.0
+
+    def trigger(self) -> DeviceStatus:
+        status = DeviceStatus(self)
+
+        def act() -> None:
+            try:
+                done = self.acquire.set(1, timeout=self.timeout_s)
+                try:
+                    done.wait(self.timeout_s)
+                except Exception as exc:  # noqa: BLE001 -- a timeout, or the connection lost mid-action
+                    raise ControlSystemError(f"{self.acquire.pvname} did not complete within {self.timeout_s:g} s"
+                                             f"{self._where()}") from exc
+                error = self.error.get()
+                if error:
+                    raise InstrumentFault(f"{self.name}: {error}")
+            except (InstrumentFault, ControlSystemError) as exc:
+                status.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 -- anything else from the client is the control system's
+                status.set_exception(ControlSystemError(f"{self.name}: {type(exc).__name__}: {exc}"))
+            else:
+                status.set_finished()
+
+        threading.Thread(target=act, name=f"{self.name}-acquire", daemon=True).start()
+        return status
+
+    def _where(self) -> str:
+        """What the instrument read when it gave up, if it can still be read."""
+        try:
+            return f" (state {self.state.get(timeout=1.0)!r})"
+        except Exception:  # noqa: BLE001 -- it is gone: say nothing more
+            return " (no answer from the IOC)"
+
+    def check_connection(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        """Raise `ControlSystemError` naming a PV that does not answer within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        for signal in [self.acquire, *(getattr(self, c) for c in self.component_names if c != "acquire")]:
+            try:
+                signal.wait_for_connection(timeout=max(0.05, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 -- ophyd raises TimeoutError, caproto its own
+                raise ControlSystemError(f"{signal.pvname} does not answer (is the IOC running?)") from None
 
 
-def make_probe(world: World, name: str = "probe", outputs: list[str] | None = None) -> _ProbeBase:
-    """A property probe with one float channel per output of the world (names made identifiers), or
-    per output named in `outputs`."""
-    taken = {"sample"}
-    channels = {_attr(output, taken): output for output in (world.outputs if outputs is None else outputs)}
-    components = {attr: Cpt(Signal, value=float("nan"), kind="hinted") for attr in channels}
-    cls = type("SimulatedPropertyProbe", (_ProbeBase,), {**components, "channels": channels})
-    return cls(name=name, world=world)
+def epics_device(hardware_class: type[Hardware], pv_prefix: str, name: str, timeout_s: float = 60.0) -> Device:
+    """The hardware behind an IOC, its channels as PVs `{pv_prefix}{channel}`."""
+    from ophyd.signal import EpicsSignal, EpicsSignalRO
+
+    common = {"timeout": CONNECT_TIMEOUT_S, "connection_timeout": CONNECT_TIMEOUT_S}
+    components: dict[str, Any] = {
+        "acquire": Cpt(EpicsSignal, "acquire", put_complete=True, kind="omitted", **common)}
+    for c in hardware_class.all_channels():
+        text = c.dtype in ("text", "str")
+        if c.writable:
+            components[c.name] = Cpt(EpicsSignal, c.name, put_complete=True, string=text, kind=c.kind, **common)
+        else:
+            components[c.name] = Cpt(EpicsSignalRO, c.name, string=text, kind=c.kind, **common)
+    cls = type(f"Epics{hardware_class.__name__}", (_EpicsDevice,), components)
+    device = cls(pv_prefix, name=name)
+    device.timeout_s = timeout_s
+    device.outputs = dict(getattr(hardware_class, "outputs", {}))
+    return device
+
+
+def use_caproto() -> None:
+    """ophyd's Channel Access through caproto's pure-Python client (no libca needed)."""
+    import ophyd
+
+    if ophyd.get_cl().name != "caproto":
+        ophyd.set_cl("caproto")
+
+
+__all__ = ["ControlSystemError", "MAX_POINTS", "MAX_TEXT", "epics_device", "soft_device", "use_caproto"]

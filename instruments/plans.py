@@ -1,22 +1,23 @@
-"""Bluesky plans for the lab's steps. Each is one run whose documents record the raw data.
+"""Bluesky plans for the lab's steps, one run each, as a beamline plan drives its hardware: move the
+setpoints with `mv`, then `trigger_and_read` — on soft devices and over Channel Access alike.
 
-synthesize(doser, furnace, recipe, md): dose each powder (mv the doser to (formula, mass_g), then
-trigger_and_read it: stream "doses"), set the furnace program and trigger_and_read the furnace
-(stream "primary"; its `product` field holds the product JSON). `recipe` lists the powders as
-"doses" (or "precursors") with `mass_g`, and the program as "steps" ({temperature_c, time_h}) with
-"ramp_c_per_min" and "atmosphere" (a world's `lab_recipe` gives exactly this). The old form
-synthesize(synthesizer, recipe, md) drives the one-box synthesizer of worlds without a furnace.
+fire(doser, furnace, recipe, md): a clean crucible (the doser's `label`), every powder's hopper and mass
+setpoint at once, one dispense (stream "doses": each hopper's balance reading), then the furnace's
+program — temperatures and dwell times as arrays, ramp rate, atmosphere — and one firing (stream
+"primary": temperature, state and the product record). `recipe` gives "doses" (or "precursors") with
+`mass_g`, and "steps" ({temperature_c, time_h}), "ramp_c_per_min" and "atmosphere" (a world's
+`lab_recipe` gives exactly this).
 
-characterize(sample, probes, md): put the product on every probe and read them all once (one event).
-The start document says how to read it:
-- "channels": {data key: output name} for the scalar probes' channels (as before; {} when none);
-- "pattern_fields": {"two_theta": data key, "intensity": data key} when a diffractometer is read,
-  both float arrays of the same length (degrees 2θ; counts);
-- "candidate_phases": the phases to fit: target, precursors, decomposition products and side phases
-  of this product (from the product dict), and "amorphous_phases": those among them without Bragg
-  peaks (a diffuse halo only); and, as the product names them, "target" (str), "precursors",
-  "decomposition_products" and "side_phases" (lists of formulas).
-The old form characterize(probe, product, md) still works.
+make(box, recipe, md): the one-box synthesizer's run.
+
+characterize(product, devices, md): the specimen on every device, each read once (one event). The start
+document says how to read it:
+- "channels": {data key: output name} for the probes' readings ({} when none);
+- "pattern_fields": {"two_theta": data key, "intensity": data key} when a diffractometer is read, both
+  float arrays of the same length (degrees 2θ; counts);
+- "candidate_phases": the phases to fit (target, precursors, decomposition products and side phases of
+  this product), "amorphous_phases" (those without Bragg peaks), and, as the product names them,
+  "target", "precursors", "decomposition_products" and "side_phases".
 """
 
 from __future__ import annotations
@@ -26,45 +27,50 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
+import numpy as np
+
+from athanor.instruments.hardware import N_HOPPERS
 
 
-def synthesize(doser: Any, furnace: Any, recipe: Any = None, md: dict[str, Any] | None = None):
-    """synthesize(doser, furnace, recipe, md=None); or synthesize(synthesizer, recipe, md=None)."""
-    if hasattr(doser, "recipe"):  # the one-box synthesizer: its recipe is the second argument
-        return (yield from _one_box(doser, furnace, md if md is not None else recipe))
+def fire(doser: Any, furnace: Any, recipe: dict[str, Any], md: dict[str, Any] | None = None):
     md = dict(md or {})
     doses = [d for d in recipe.get("doses") or recipe.get("precursors") or [] if "mass_g" in d]
     steps = [{"temperature_c": float(s["temperature_c"]), "time_h": float(s.get("time_h", 0.0))}
              for s in recipe.get("steps") or [] if "temperature_c" in s]
     if not doses or not steps:
         raise ValueError("a furnace recipe needs doses (formula, mass_g) and steps (temperature_c, time_h)")
+    if len(doses) > N_HOPPERS:
+        raise ValueError(f"{len(doses)} powders and the doser has {N_HOPPERS} hoppers")
     inputs = recipe.get("inputs") or {}
     ramp = float(recipe.get("ramp_c_per_min", inputs.get("ramp_c_per_min", 5.0)))
     atmosphere = str(recipe.get("atmosphere", inputs.get("atmosphere", "air")))
-    hottest = max(steps, key=lambda s: s["temperature_c"])
     program = {"steps": steps, "ramp_c_per_min": ramp, "atmosphere": atmosphere}
+    label = str(md.get("sample_id", ""))
+    hoppers: list[Any] = [doser.label, label]
+    for i in range(1, N_HOPPERS + 1):
+        dose = doses[i - 1] if i <= len(doses) else {"formula": "", "mass_g": 0.0}
+        hoppers += [getattr(doser, f"hopper{i}_powder"), str(dose["formula"]),
+                    getattr(doser, f"hopper{i}_mass_sp"), float(dose["mass_g"])]
 
     @bpp.run_decorator(md={"plan_name": "synthesize", "doses": doses, "program": program, **md})
     def inner():
-        yield from bps.mv(doser.crucible, str(md.get("sample_id", "")))  # a clean crucible
-        for dose in doses:
-            yield from bps.mv(doser, (dose["formula"], float(dose["mass_g"])))
-            yield from bps.trigger_and_read([doser], name="doses")
-        yield from bps.mv(furnace.setpoint, hottest["temperature_c"], furnace.dwell, hottest["time_h"],
-                          furnace.ramp_rate, ramp, furnace.atmosphere, atmosphere,
-                          furnace.program, json.dumps(steps if len(steps) > 1 else []))
+        yield from bps.mv(*hoppers)  # a clean crucible, and every hopper's setpoint
+        yield from bps.trigger_and_read([doser], name="doses")
+        yield from bps.mv(furnace.label, label, furnace.ramp_rate, ramp, furnace.atmosphere, atmosphere,
+                          furnace.program_temperatures, np.array([s["temperature_c"] for s in steps]),
+                          furnace.program_dwells, np.array([s["time_h"] for s in steps]))
         yield from bps.trigger_and_read([furnace])
 
     return (yield from inner())
 
 
-def _one_box(station: Any, recipe: dict[str, Any], md: dict[str, Any] | None):
-    """Load the recipe into the synthesis station and make the product."""
+def make(box: Any, recipe: dict[str, Any], md: dict[str, Any] | None = None):
+    md = dict(md or {})
 
-    @bpp.run_decorator(md={"plan_name": "synthesize", **(md or {})})
+    @bpp.run_decorator(md={"plan_name": "synthesize", **md})
     def inner():
-        yield from bps.mv(station.recipe, json.dumps(recipe))
-        yield from bps.trigger_and_read([station])
+        yield from bps.mv(box.label, str(md.get("sample_id", "")), box.recipe, json.dumps(recipe))
+        yield from bps.trigger_and_read([box])
 
     return (yield from inner())
 
@@ -77,25 +83,23 @@ def candidate_phases(product: dict[str, Any]) -> list[str]:
     return names or list(product.get("phases", {}))
 
 
-def characterize(sample: Any, probes: Any, md: dict[str, Any] | None = None):
-    """characterize(sample, probes, md=None): read every probe once; or characterize(probe, product, md=None)."""
-    if not isinstance(sample, dict):  # the old form: (probe, product)
-        sample, probes = probes, sample
-    probes = list(probes) if isinstance(probes, (list, tuple)) else [probes]
+def characterize(product: dict[str, Any], devices: list[Any], md: dict[str, Any] | None = None):
+    md = dict(md or {})
     meta: dict[str, Any] = {"plan_name": "characterize", "channels": {
-        getattr(p, attr).name: output for p in probes for attr, output in getattr(p, "channels", {}).items()}}
-    xrd = next((p for p in probes if hasattr(p, "two_theta") and hasattr(p, "intensity")), None)
+        getattr(d, attr).name: output for d in devices for attr, output in getattr(d, "outputs", {}).items()}}
+    xrd = next((d for d in devices if hasattr(d, "two_theta") and hasattr(d, "counts")), None)
     if xrd is not None:
-        meta["pattern_fields"] = {"two_theta": xrd.two_theta.name, "intensity": xrd.intensity.name}
-        meta["candidate_phases"] = candidate_phases(sample)
-        meta["amorphous_phases"] = [n for n in sample.get("amorphous", []) if n in meta["candidate_phases"]]
-        meta.update({k: sample[k] for k in ("target", "precursors", "decomposition_products", "side_phases")
-                     if k in sample})
+        meta["pattern_fields"] = {"two_theta": xrd.two_theta.name, "intensity": xrd.counts.name}
+        meta["candidate_phases"] = candidate_phases(product)
+        meta["amorphous_phases"] = [n for n in product.get("amorphous", []) if n in meta["candidate_phases"]]
+        meta.update({k: product[k] for k in ("target", "precursors", "decomposition_products", "side_phases")
+                     if k in product})
+    label = str(md.get("sample_id", ""))
+    loading = [x for d in devices for x in (d.label, label, d.sample, json.dumps(product))]
 
-    @bpp.run_decorator(md={**meta, **(md or {})})
+    @bpp.run_decorator(md={**meta, **md})
     def inner():
-        for probe in probes:
-            yield from bps.mv(probe.sample, json.dumps(sample))
-        yield from bps.trigger_and_read(probes)
+        yield from bps.mv(*loading)
+        yield from bps.trigger_and_read(devices)
 
     return (yield from inner())
