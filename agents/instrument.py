@@ -117,8 +117,11 @@ class InstrumentAgent(Agent):
 
 
 def root_cause(exc: BaseException) -> BaseException:
-    """What actually failed under a RunEngine's `FailedStatus` (its status's exception) or a chain."""
+    """What actually failed under a RunEngine's `FailedStatus` (its status's exception) or a chain: the
+    first of Athanor's own errors, which say it in the lab's terms, else the innermost."""
     for _ in range(8):
+        if isinstance(exc, (ControlSystemError, InstrumentFault)):
+            return exc
         status = exc.args[0] if exc.args else None
         inner = exc.__cause__ or (status.exception() if hasattr(status, "exception") and callable(
             status.exception) else None)

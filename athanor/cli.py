@@ -74,6 +74,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from athanor.campaign import open_run
     from athanor.lease import holder as store_holder
+    from athanor.recovery import quarantined
     from athanor.report import decision_line, summarize
 
     store, spec = open_run(args.dir)
@@ -91,7 +92,8 @@ def _status(args: argparse.Namespace) -> int:
               "refused_commands": store.refused_commands(),
               "interrupted": [s["id"] for s in samples if s["interrupted"]],
               "interrupted_because": {s["id"]: s["interrupted"] for s in samples if s["interrupted"]},
-              "conductor": store_holder(store)}
+              "conductor": store_holder(store), "quarantined": quarantined(events),
+              "instruments": {i.name: {"role": i.role, "backend": i.backend} for i in spec.instruments}}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -105,6 +107,8 @@ def _status(args: argparse.Namespace) -> int:
             print("  " + decision_line(a))
     for sample_id, why in report["interrupted_because"].items():
         print(f"interrupted: {sample_id} ({why})")
+    for name, why in report["quarantined"].items():
+        print(f"out of service: {name} ({why}); put it back with 'athanor restore {args.dir} {name}'")
     if report["conductor"]:
         c = report["conductor"]
         print(f"conductor: {c['host']} pid {c['pid']} since {c['started_at']} (heartbeat {c['heartbeat_at']})")
@@ -144,6 +148,16 @@ def _control(args: argparse.Namespace, action: str) -> int:
     store, spec = open_run(args.dir)
     control(store, spec, action, current_user(args.user, spec), batch_size=getattr(args, "n", None))
     print(f"{action.replace('_', ' ')} posted (the conductor logs it)")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from athanor.campaign import open_run
+    from athanor.commands import control, current_user
+
+    store, spec = open_run(args.dir)
+    control(store, spec, "restore", current_user(args.user, spec), instrument=args.instrument)
+    print(f"restore of {args.instrument} posted (the conductor logs it)")
     return 0
 
 
@@ -314,6 +328,12 @@ def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
     evaluate.add_argument("--composition", required=True, metavar="FORMULA", help="e.g. Fe0.7Co0.3 or SrTiO3")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (repeatable)")
     evaluate.set_defaults(func=_world_eval)
+
+    restore = sub.add_parser("restore", help="put an instrument taken out of service back in service")
+    restore.add_argument("dir")
+    restore.add_argument("instrument")
+    restore.add_argument("--user")
+    restore.set_defaults(func=_restore)
 
     ioc = sub.add_parser("ioc", help="serve the campaign's simulated instruments as EPICS PVs (Channel Access)")
     ioc.add_argument("config")

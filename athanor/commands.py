@@ -1,4 +1,5 @@
-"""Operators' commands to a campaign: approve, reject or edit a proposal; pause, resume; set the batch size.
+"""Operators' commands to a campaign: approve, reject or edit a proposal; pause, resume; set the batch size;
+put an instrument taken out of service back (restore).
 
 The CLI and the chat share this one path. A command is checked against the store and the campaign's
 design space, then posted to the store's inbox; the conductor checks it again against the state it
@@ -41,13 +42,14 @@ class OperatorCommand(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    action: Literal["approve", "reject", "edit", "pause", "resume", "batch_size"]
+    action: Literal["approve", "reject", "edit", "pause", "resume", "batch_size", "restore"]
     user: StrictStr = Field(min_length=1, max_length=100)
     channel: Literal["cli", "chat", "web"] = "cli"
     sample_id: StrictStr | None = Field(default=None, max_length=64)
     reason: StrictStr = Field(default="", max_length=2000)
     inputs: dict[StrictStr, StrictInput] | None = None  # edit: the complete new inputs
     batch_size: StrictInt | None = None
+    instrument: StrictStr | None = Field(default=None, max_length=40)  # restore: the one to put back in service
     transcript: TranscriptLink | None = None
 
     @field_validator("user")
@@ -115,7 +117,7 @@ def problems(command: OperatorCommand, samples: Sequence[dict[str, Any]], spec: 
     """Why this command cannot be carried out against these samples (empty: it can)."""
     out: list[str] = []
     needs = {"sample_id": command.action in ("approve", "reject", "edit"), "inputs": command.action == "edit",
-             "batch_size": command.action == "batch_size"}
+             "batch_size": command.action == "batch_size", "instrument": command.action == "restore"}
     out += [f"{field} does not go with {command.action}" for field, wanted in needs.items()
             if not wanted and getattr(command, field) is not None]
     if command.action in ("approve", "reject", "edit"):
@@ -141,6 +143,10 @@ def problems(command: OperatorCommand, samples: Sequence[dict[str, Any]], spec: 
         n = command.batch_size
         if n is None or isinstance(n, bool) or not 1 <= n <= MAX_BATCH_SIZE:
             out.append(f"the batch size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {n!r}")
+    elif command.action == "restore":
+        names = [i.name for i in spec.instruments]
+        if command.instrument not in names:
+            out.append(f"no instrument {command.instrument!r} in this campaign; the instruments are {', '.join(names)}")
     return out
 
 
@@ -213,10 +219,11 @@ def edit(store: Store, spec: Campaign, sample_id: str, changes: Mapping[str, Any
 
 
 def control(store: Store, spec: Campaign, action: str, user: str, channel: str = "cli",
-            batch_size: int | None = None, transcript: Mapping[str, Any] | None = None) -> None:
-    """Pause, resume, or set the batch size of the campaign."""
+            batch_size: int | None = None, transcript: Mapping[str, Any] | None = None,
+            instrument: str | None = None) -> None:
+    """Pause, resume, set the batch size of the campaign, or put an instrument back in service."""
     post(store, spec, [_command(action=action, user=user, channel=channel, batch_size=batch_size,
-                                transcript=transcript)])
+                                transcript=transcript, instrument=instrument)])
 
 
 def describe(exc: ValidationError) -> str:

@@ -322,6 +322,14 @@ class Conductor:
                                        transcript=transcript))
             return
         detail: dict[str, Any] = {"by": command.user, "channel": command.channel, "transcript": transcript}
+        if command.action == "restore":
+            self.quarantined.pop(command.instrument, None)
+            self.lost_in_a_row[command.instrument] = 0
+            if self._freed is not None:
+                asyncio.get_running_loop().create_task(self._wake())
+            self._log(CampaignEvent(**self._env(), event="instrument_restored",
+                                    detail={**detail, "instrument": command.instrument}))
+            return
         if command.action == "batch_size":
             self.batch_size = detail["batch_size"] = command.batch_size
             event = "batch_size_set"
@@ -406,7 +414,8 @@ class Conductor:
                                     detail={"instrument": name, "step": step, "reason": raw["unavailable"]}))
         limit = next(i for i in self.spec.instruments if i.name == name).quarantine_after
         if self.lost_in_a_row[name] >= limit and name not in self.quarantined:
-            why = f"{self.lost_in_a_row[name]} steps lost in a row; last: {lost or raw['unavailable']}"
+            n = self.lost_in_a_row[name]
+            why = f"{n} step{'s' if n > 1 else ''} lost in a row; last: {lost or raw['unavailable']}"
             self.quarantined[name] = why
             self._log(CampaignEvent(**self._env(), event="instrument_quarantined",
                                     detail={"instrument": name, "reason": why}))
@@ -453,6 +462,10 @@ class Conductor:
             async with self._freed:
                 self.busy.discard(name)
                 self._freed.notify_all()
+
+    async def _wake(self) -> None:
+        async with self._freed:
+            self._freed.notify_all()
 
     def _free(self, role: str) -> str | None:
         """The free instrument of `role` least used so far (so all of a pool get used), or None."""

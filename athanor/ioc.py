@@ -239,6 +239,12 @@ class IocProcess:
                 self.process.wait()
         self.process = None
 
+    def __enter__(self) -> IocProcess:
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.stop()
+
     def kill(self) -> None:
         """As a crash would: SIGKILL, no goodbye."""
         if self.process is not None:

@@ -28,7 +28,7 @@ from ophyd.status import DeviceStatus
 from athanor.instruments.hardware import MAX_POINTS, MAX_TEXT, Hardware
 from athanor.simulators.base import InstrumentFault
 
-CONNECT_TIMEOUT_S = 2.0  # one attempt to reach a PV
+CONNECT_TIMEOUT_S = 5.0  # one attempt to reach an instrument's PVs (the first search of a client takes longest)
 
 
 class ControlSystemError(RuntimeError):

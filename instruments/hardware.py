@@ -130,7 +130,7 @@ class Furnace(Hardware):
     """A programmable box furnace: a program of holds (temperatures and dwell times), a ramp rate and an
     atmosphere; running it fires the doser's crucible through the world's `synthesize` (which spends
     the scaled furnace time and may fault). `setpoint` is the program's current target, `temperature`
-    the thermocouple's reading."""
+    the thermocouple's reading, `peak_temperature` the hottest it read in the last firing."""
 
     channels = (
         Channel("program_temperatures", "array", writable=True, units="degC"),
@@ -139,6 +139,7 @@ class Furnace(Hardware):
         Channel("atmosphere", "str", writable=True, default="air"),
         Channel("setpoint", "float", units="degC", default=25.0),
         Channel("temperature", "float", kind="hinted", units="degC", default=25.0),
+        Channel("peak_temperature", "float", kind="hinted", units="degC", default=25.0),  # of the last firing
         Channel("product", "text", kind="hinted"),
     )
 
@@ -158,7 +159,8 @@ class Furnace(Hardware):
                   "precursors": [{"formula": f, "mass_g": m} for f, m in self.doser.crucible], "steps": steps}
         self.values.update(state="heating", setpoint=float(temperatures.max()))
         product = self.world.synthesize(recipe, key=self.key)
-        self.values.update(temperature=float(temperatures.max()), product=json.dumps(product), state="cooling")
+        self.values.update(temperature=float(temperatures.max()), peak_temperature=float(temperatures.max()),
+                           product=json.dumps(product), state="cooling")
         self.values.update(setpoint=25.0, temperature=25.0)
 
 

@@ -65,9 +65,9 @@ def campaign(tmp_path: Path, *instruments: str, budget: int = 6) -> tuple[object
 def crash_during(spec, store, role: str, sample_id: str) -> None:
     """Run until `sample_id`'s step at the `role` instrument has run, then stop the conductor dead."""
     agents = local_agents(spec, store.campaign_id, store.url)
-    attribute = "synthesizer" if role == "synthesis" else "probe"
-    hang = Hang(getattr(agents, attribute).agent, sample_id)
-    setattr(agents, attribute, hang)
+    name = spec.instrument(role).name
+    hang = Hang(agents.instruments[name].agent, sample_id)
+    agents.instruments[name] = hang
 
     async def main():
         task = asyncio.create_task(Conductor(spec, store, agents).run())
