@@ -303,7 +303,7 @@ def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (from a source checkout: benchmarks/ beside athanor/)")
     suites = bench.add_subparsers(dest="suite", required=True)
-    for suite in ("optimizers", "designers") if benchmarks else ():
+    for suite in ("optimizers", "designers", "instrument_pool") if benchmarks else ():
         module = _benchmarks_module(suite)
         if module is not None:
             module.add_parser(suites)

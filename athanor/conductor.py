@@ -13,8 +13,14 @@ start, updated from what each append changed), so a loop turn costs the same at 
 sample as at the first: it reads the store again only for the inbox. Agents that need history get
 each finished sample once (`Feeds`), never the whole campaign per call.
 
-Exactly once at the instrument: each instrument takes one step at a time, and the step's intent is
-logged when the instrument begins it. The instrument writes its run's documents into the store as they
+Instruments: several per role form a pool. A step goes to an instrument of its role in service, an
+idle one first; an instrument holds at most `QUEUE_DEPTH` steps (the one it runs and the next, which
+starts the moment the first ends: the lab does not wait on the conductor's turnaround), and runs them
+one at a time. An instrument that does not answer, or is lost mid-step, `quarantine_after` times in a
+row is taken out of service until an operator restores it.
+
+Exactly once at the instrument: the step's intent is logged when the step is handed to the
+instrument. The instrument writes its run's documents into the store as they
 are emitted, so on resume every begun step is reconciled (`_reconcile`): a finished run's result is
 recovered from its documents, a step never begun is dispatched, and one begun but never finished is
 *interrupted*: the instrument's `on_interrupted` policy retries it under a new key, fails the sample,
@@ -62,6 +68,7 @@ from athanor.store import Store
 
 ACTIVE = ("approved", "planned", "synthesized", "characterized")
 POLL_S = 0.25  # how often the inbox is read while nothing else happens
+QUEUE_DEPTH = 2  # steps an instrument holds at once: the one it runs, and the next
 HEAVY = ("recipe", "product", "candidate", "uncertainties")  # what no one needs of a finished sample
 
 
@@ -83,10 +90,10 @@ class Conductor:
         self.batch_size = spec.batch_size
         self._beat = 0.0
         # Instruments: a step goes to a free one of its role that is in service.
-        self.busy: set[str] = set()
+        self.handed: Counter[str] = Counter()  # instrument -> steps handed to it and not yet returned
+        self.steps_handed: Counter[str] = Counter()  # instrument -> steps handed to it this session
         self.quarantined: dict[str, str] = {}  # instrument -> why it is out of service
         self.lost_in_a_row: Counter[str] = Counter()
-        self.busy_s: Counter[str] = Counter()  # instrument -> seconds it spent on steps this session
         self._freed: asyncio.Condition | None = None
         # The campaign in memory: every sample, the ones not finished, and running tallies.
         self.samples: dict[str, dict[str, Any]] = {}
@@ -447,20 +454,19 @@ class Conductor:
 
     @contextlib.asynccontextmanager
     async def _instrument(self, role: str) -> AsyncIterator[str]:
-        """A free instrument of `role` in service, held for one step (waits until there is one)."""
+        """An instrument of `role` in service with room for this step (waits until there is one)."""
         if self._freed is None:
             self._freed = asyncio.Condition()
         async with self._freed:
             await self._freed.wait_for(lambda: self._free(role) is not None)
             name = self._free(role)
-            self.busy.add(name)
-        began = time.monotonic()
+            self.handed[name] += 1
+            self.steps_handed[name] += 1
         try:
             yield name
         finally:
-            self.busy_s[name] += time.monotonic() - began
             async with self._freed:
-                self.busy.discard(name)
+                self.handed[name] -= 1
                 self._freed.notify_all()
 
     async def _wake(self) -> None:
@@ -468,10 +474,13 @@ class Conductor:
             self._freed.notify_all()
 
     def _free(self, role: str) -> str | None:
-        """The free instrument of `role` least used so far (so all of a pool get used), or None."""
-        free = [i.name for i in self.spec.instruments
-                if i.role == role and i.name not in self.busy and i.name not in self.quarantined]
-        return min(free, key=lambda n: self.busy_s[n], default=None)
+        """The instrument of `role` to hand a step to: an idle one before one that is busy with a single
+        step (the next step then waits in its queue and starts the moment the current one ends, with no
+        round trip through the conductor), the least used first (so all of a pool get used); None if
+        every one in service has a step running and one queued."""
+        ready = [i.name for i in self.spec.instruments if i.role == role and i.name not in self.quarantined
+                 and self.handed[i.name] < QUEUE_DEPTH]
+        return min(ready, key=lambda n: (self.handed[n], self.steps_handed[n]), default=None)
 
     def _intent(self, sample_id: str, step: str, target: str, *before: Message) -> str:
         """Log that `target` begins `step` now (after `before`, in the same transaction); its key."""

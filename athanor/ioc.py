@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -220,13 +221,20 @@ class IocProcess:
             stdout=subprocess.PIPE, stderr=sink, text=True, env=env, start_new_session=True)
         deadline = time.monotonic() + self.timeout_s
         assert self.process.stdout is not None
-        for line in self.process.stdout:  # its first line says it serves, or it has died
+        while time.monotonic() < deadline:  # its first line says it serves; EOF says it died
+            ready, _, _ = select.select([self.process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            line = self.process.stdout.readline() if ready else ""
             if line.startswith(READY):
                 return self
-            if time.monotonic() > deadline:
+            if ready and not line:
                 break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)  # after EOF, its exit status is a moment away
+        code = self.process.poll()
         self.stop()
-        raise AthanorError(f"the embedded IOC for {self.config} did not start (port {self.port})")
+        why = f"it exited with status {code}" if code is not None else f"it did not serve within {self.timeout_s:g} s"
+        raise AthanorError(f"the IOC for {self.config} did not start on port {self.port}: {why}"
+                           + (f" (its log: {self.log})" if self.log else ""))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -5,6 +5,7 @@ with an action that never completes, and with an instrument that does not answer
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def config(tmp_path: Path, name: str, source: str = "alloy_slater_pauling.yaml",
         node[[target, *path][-1]] = value
     for instrument in data["instruments"]:
         instrument.setdefault("backend", "epics")
-        instrument["prefix"] = "test:"
+        instrument["prefix"] = "test:" if name == "pvs" else f"{name}:"  # one client per test process: new names
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -102,7 +103,7 @@ def test_a_campaign_over_channel_access_stores_valid_documents_with_the_pvs_read
     path = config(tmp_path, "ca_e2e", "solid_state_epics.yaml", **{"budget.experiments": 2, "batch_size": 1})
     with IocProcess(path).start() as ioc:
         store, status = run_campaign(path, tmp_path, ioc.environment)
-        temperature = caget(ioc.environment, "test:furnace1:furnace:temperature")
+        temperature = caget(ioc.environment, "ca_e2e:furnace1:furnace:temperature")
     assert status == "completed"
     samples = store.samples()
     assert [s["state"] for s in samples] == ["learned", "learned"]
@@ -115,14 +116,14 @@ def test_a_campaign_over_channel_access_stores_valid_documents_with_the_pvs_read
             keys = {k: v for n, d in documents if n == "descriptor" for k, v in d["data_keys"].items()}
             events = [d for n, d in documents if n == "event"]
             if step == "synthesize":
-                assert keys["furnace1_furnace_temperature"]["source"] == "PV:test:furnace1:furnace:temperature"
+                assert keys["furnace1_furnace_temperature"]["source"] == "PV:ca_e2e:furnace1:furnace:temperature"
                 program = next(d for n, d in documents if n == "start")["program"]
                 hottest = max(s["temperature_c"] for s in program["steps"])
                 assert events[-1]["data"]["furnace1_furnace_peak_temperature"] == pytest.approx(hottest)
                 masses = [v for e in events for k, v in e["data"].items() if k.endswith("_mass") and v > 0]
                 assert masses, "the doser's balance readings are in the documents"
             else:
-                assert keys["xrd1_diffractometer_counts"]["source"] == "PV:test:xrd1:diffractometer:counts"
+                assert keys["xrd1_diffractometer_counts"]["source"] == "PV:ca_e2e:xrd1:diffractometer:counts"
                 assert len(events[-1]["data"]["xrd1_diffractometer_counts"]) > 1000
     assert float(temperature[0].strip("[]")) == pytest.approx(25.0)  # the furnace cooled after its last firing
 
@@ -173,10 +174,10 @@ def test_an_action_that_never_completes_is_a_fault_within_the_timeout(tmp_path, 
         began = time.monotonic()
         reply = agent.run(recipe, "c:S0001:synthesize")
         took = time.monotonic() - began
-        state = caget(ioc.environment, "test:box1:synthesizer:state")
+        state = caget(ioc.environment, "ca_stall:box1:synthesizer:state")
     assert took < 10
     assert "lost" in reply and reply["message"] is None, reply
-    assert "test:box1:synthesizer:acquire did not complete within 1.5 s" in reply["lost"]
+    assert "ca_stall:box1:synthesizer:acquire did not complete within 1.5 s" in reply["lost"]
     assert "'busy'" in reply["lost"] and "busy" in state[0]
     names = [n for n, _ in reply["documents"]]
     assert names[0] == "start" and names[-1] == "stop"  # the run was opened and closed, failed
@@ -208,3 +209,18 @@ def test_an_instrument_that_does_not_answer_is_quarantined_and_the_campaign_goes
     assert done == {s["id"] for s in store.samples()}
     assert {e.instrument for e in store.events(kind="synthesis_result")} == {"box1"}
     assert len(intents) == 6 + 1  # six syntheses, and the one box2 never answered
+
+
+def test_athanor_run_serves_its_own_ioc_for_an_embedded_dry_run(tmp_path, ray_address):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "athanor", "run", str(ROOT / "configs" / "solid_state_epics.yaml"),
+                             "--out", str(out), "--max-experiments", "2", "--ray-address", ray_address, "--quiet"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["n_measured"] == 2, summary
+    store = Store(json.loads((out / "run.json").read_text())["store_url"], summary["campaign_id"])
+    (start, *_) = [d for n, d in store.step_documents(f"{summary['campaign_id']}:S0001:synthesize") if n == "start"]
+    descriptors = [d for n, d in store.step_documents(f"{summary['campaign_id']}:S0001:synthesize") if n == "descriptor"]
+    assert start["instrument"] == "furnace1"
+    assert any(v["source"].startswith("PV:athanor:furnace1:") for d in descriptors for v in d["data_keys"].values())

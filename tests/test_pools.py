@@ -115,3 +115,27 @@ def test_a_restore_names_an_instrument_of_the_campaign_and_nothing_else_does(tmp
     spec, _ = stored(tmp_path, campaign(tmp_path))
     found = problems(OperatorCommand(user="ada", **fields), [], spec)
     assert any(problem in p for p in found), found
+
+
+def test_the_readme_s_instrument_plug_in_runs_a_campaign(tmp_path, monkeypatch):
+    """The README's example station, registered as a lab's entry point would be, makes every sample."""
+    import re
+    import sys
+    import types
+
+    from athanor import registry
+
+    code = re.search(r"```python\n(import json.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    module = types.ModuleType("mylab_coater")
+    exec(compile(code, "README.md", "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, "mylab_coater", module)
+    monkeypatch.setitem(registry.BUILTIN["athanor.instruments"], "spin_coater", "mylab_coater:SpinCoaterStation")
+    path = campaign(tmp_path, instruments=[{"name": "coater1", "role": "synthesis", "kind": "spin_coater"},
+                                           {"name": "meter1", "role": "characterization"}])
+    spec, store = stored(tmp_path, path)
+    registry.check_plugins(spec)
+    assert asyncio.run(Conductor(spec, store, local_agents(spec, store.campaign_id, store.url)).run()) == "completed"
+    results = store.events(kind="synthesis_result")
+    assert len(results) == 10 and all(r.instrument == "coater1" and r.product["rpm"] == 3000.0 for r in results)
+    start = runs_of(store, "S0001", "synthesize")[0]
+    assert start["plan_name"] == "spin_coat"
