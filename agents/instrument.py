@@ -41,7 +41,7 @@ class InstrumentAgent(Agent):
         super().__init__(spec, campaign_id)
         self.name = name
         self.role = f"instrument:{name}"
-        self.config = next(i for i in self.spec.instruments if i.name == name)
+        self.config = self.spec.instrument_named(name)
         self.kind = self.config.role
         self.world = registry.make_world(self.spec)
         station = station_for(self.spec, self.config, self.world)

@@ -419,7 +419,7 @@ class Conductor:
         else:
             self._log(CampaignEvent(**self._env(s["id"]), event="instrument_unavailable",
                                     detail={"instrument": name, "step": step, "reason": raw["unavailable"]}))
-        limit = next(i for i in self.spec.instruments if i.name == name).quarantine_after
+        limit = self.spec.instrument_named(name).quarantine_after
         if self.lost_in_a_row[name] >= limit and name not in self.quarantined:
             n = self.lost_in_a_row[name]
             why = f"{n} step{'s' if n > 1 else ''} lost in a row; last: {lost or raw['unavailable']}"
@@ -458,8 +458,7 @@ class Conductor:
         if self._freed is None:
             self._freed = asyncio.Condition()
         async with self._freed:
-            await self._freed.wait_for(lambda: self._free(role) is not None)
-            name = self._free(role)
+            name = await self._freed.wait_for(lambda: self._free(role))
             self.handed[name] += 1
             self.steps_handed[name] += 1
         try:

@@ -45,7 +45,7 @@ def lab_hardware(spec: Campaign, world: Any) -> dict[str, dict[str, Hardware]]:
 
 def pv_prefix(spec: Campaign, instrument: str, device: str, prefix: str | None = None) -> str:
     """`{prefix}{instrument}:{device}:`; `prefix` overrides the instrument's own."""
-    own = next(i for i in spec.instruments if i.name == instrument).prefix
+    own = spec.instrument_named(instrument).prefix
     return f"{own if prefix is None else prefix}{instrument}:{device}:"
 
 

@@ -58,7 +58,7 @@ def interrupt(conductor: Any, s: dict[str, Any], step: str, intent: StepIntent, 
     """Log that a begun step did not finish, and what the instrument's `on_interrupted` policy does."""
     role = "synthesis" if step == "synthesize" else "characterization"
     spec = conductor.spec
-    action = next((i for i in spec.instruments if i.name == intent.target), spec.instrument(role)).interrupted_policy
+    action = (spec.instrument_named(intent.target) or spec.instrument(role)).interrupted_policy
     conductor._log(StepInterrupted(
         **conductor._env(s["id"], intent.id), step=step, idempotency_key=intent.idempotency_key,
         run_uid=outcome.run_uid, started_at=outcome.started_at, action=action, reason=reason))
@@ -70,11 +70,11 @@ def interrupt(conductor: Any, s: dict[str, Any], step: str, intent: StepIntent, 
                    "reject to fail the sample"))
 
 
-def quarantined(events: list[Any]) -> dict[str, str]:
+def quarantined(events: list[CampaignEvent]) -> dict[str, str]:
     """Instruments out of service, and why, from the campaign's events (the last word on each counts)."""
     out: dict[str, str] = {}
     for event in events:
-        name = event.detail.get("instrument") if isinstance(event, CampaignEvent) else None
+        name = event.detail.get("instrument")
         if event.event == "instrument_quarantined":
             out[name] = str(event.detail.get("reason", ""))
         elif event.event == "instrument_restored":

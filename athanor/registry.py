@@ -82,8 +82,8 @@ def check_plugins(spec: Any) -> None:
         known = available(group)
         if name not in known:
             problems.append(f"{field}: unknown {KIND[group]} {name!r}; known: {', '.join(sorted(known))}")
+    known = available("athanor.instruments")
     for n, instrument in enumerate(spec.instruments):
-        known = available("athanor.instruments")
         if instrument.kind is not None and instrument.kind not in known:
             problems.append(f"instruments.{n}.kind: unknown instrument kind {instrument.kind!r}; "
                             f"known: {', '.join(sorted(known))}")

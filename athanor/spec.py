@@ -328,6 +328,9 @@ class Campaign(_Strict):
     def instrument(self, role: str) -> InstrumentSpec:
         return next(i for i in self.instruments if i.role == role)
 
+    def instrument_named(self, name: str) -> InstrumentSpec | None:
+        return next((i for i in self.instruments if i.name == name), None)
+
 
 # --- loading, with every problem reported at its place -------------------------------------------
 

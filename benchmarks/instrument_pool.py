@@ -85,21 +85,13 @@ DESIGNER_OPTIONS: dict[str, Any] = {}
 
 
 # --- the campaign -------------------------------------------------------------------------------
-INPUTS = ["x1", "x2", "x3"]
-
-
-def write_pool(path: Path, rows: int, seed: int) -> None:
-    """`rows` distinct rows: x in [0, 1]^3, y a smooth function of x plus a little noise (as flat_cost.py)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    x = rng.random((rows, len(INPUTS)))
-    y = (np.sin(3.0 * x[:, 0]) * np.cos(2.0 * x[:, 1]) + 0.5 * (x[:, 2] - 0.4) ** 2
-         + 0.05 * rng.standard_normal(rows))
-    with path.open("w") as f:
-        f.write(",".join([*INPUTS, "y"]) + "\n")
-        for row, value in zip(x, y):
-            f.write(",".join(repr(float(v)) for v in (*row, value)) + "\n")
+# The pool is flat_cost.py's: 3 inputs in [0, 1], one smooth objective with a little noise.
+if __package__:  # imported as benchmarks.instrument_pool
+    from .flat_cost import INPUTS, OBJECTIVE, write_pool
+else:  # run as a script, or loaded by path (athanor bench): the sibling module sits in this file's folder
+    if str(Path(__file__).resolve().parent) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from flat_cost import INPUTS, OBJECTIVE, write_pool
 
 
 def campaign_yaml(world: str, pool: Path | None, samples: int, batch_size: int, parallel_batches: int,
@@ -113,7 +105,7 @@ def campaign_yaml(world: str, pool: Path | None, samples: int, batch_size: int, 
     dataset: {pool.resolve() if pool else None}
     inputs: [{", ".join(INPUTS)}]
 objectives:
-  - name: y
+  - name: {OBJECTIVE}
     direction: maximize"""
         world_options = ""
     else:

@@ -25,7 +25,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from athanor.instruments.hardware import MAX_POINTS, MAX_TEXT, Hardware
+from athanor.instruments.hardware import Hardware
 from athanor.simulators.base import InstrumentFault
 
 CONNECT_TIMEOUT_S = 5.0  # one attempt to reach an instrument's PVs (the first search of a client takes longest)
@@ -59,7 +59,7 @@ class _SoftDevice(Device):
 
 def soft_device(hardware: Hardware, name: str) -> Device:
     """The hardware in this process, its channels as soft signals."""
-    components = {c.name: Cpt(Signal, value=c.initial, kind=c.kind if c.kind != "omitted" else "omitted")
+    components = {c.name: Cpt(Signal, value=c.initial, kind=c.kind)
                   for c in hardware.all_channels()}
     cls = type(f"Simulated{type(hardware).__name__}", (_SoftDevice,), components)
     device = cls(name=name)
@@ -139,5 +139,3 @@ def use_caproto() -> None:
     if ophyd.get_cl().name != "caproto":
         ophyd.set_cl("caproto")
 
-
-__all__ = ["ControlSystemError", "MAX_POINTS", "MAX_TEXT", "epics_device", "soft_device", "use_caproto"]
