@@ -64,7 +64,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -88,10 +87,12 @@ DESIGNER_OPTIONS: dict[str, Any] = {}
 # The pool is flat_cost.py's: 3 inputs in [0, 1], one smooth objective with a little noise.
 if __package__:  # imported as benchmarks.instrument_pool
     from .flat_cost import INPUTS, OBJECTIVE, write_pool
+    from .flat_cost import machine as flat_cost_machine
 else:  # run as a script, or loaded by path (athanor bench): the sibling module sits in this file's folder
     if str(Path(__file__).resolve().parent) not in sys.path:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
     from flat_cost import INPUTS, OBJECTIVE, write_pool
+    from flat_cost import machine as flat_cost_machine
 
 
 def campaign_yaml(world: str, pool: Path | None, samples: int, batch_size: int, parallel_batches: int,
@@ -418,17 +419,12 @@ def analyse(store: Any, spec: Any) -> dict[str, Any]:
 
 # --- the report ----------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
+    """flat_cost.py's description of the machine, plus its memory, uncommitted changes, Ray and torch."""
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                     capture_output=True, text=True, check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
+        dirty = None
     try:
         memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
@@ -436,8 +432,7 @@ def machine() -> dict[str, Any]:
     import ray
     import torch
 
-    return {"cores": cores, "memory_gib": memory_gib, "python": platform.python_version(),
-            "platform": platform.platform(), "commit": commit, "dirty": dirty, "ray": ray.__version__,
+    return {**flat_cost_machine(), "memory_gib": memory_gib, "dirty": dirty, "ray": ray.__version__,
             "torch": torch.__version__}
 
 
