@@ -8,7 +8,6 @@ import json
 import sys
 import time
 import traceback
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -73,27 +72,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from athanor.campaign import open_run
-    from athanor.lease import holder as store_holder
-    from athanor.recovery import quarantined
-    from athanor.report import decision_line, summarize
+    from athanor.report import decision_line, status_report
 
     store, spec = open_run(args.dir)
-    samples = store.samples()
-    states = Counter(s["state"] for s in samples)
-    events = store.events(kind="campaign_event")
-    status = events[-1].status if events and events[-1].event == "ended" else "running or interrupted"
-    summary = summarize(store, spec, status)
-    controls, asked = store.controls(), store.waiting_reasons()
-    report = {"campaign": spec.campaign, "campaign_id": store.campaign_id, "status": status,
-              "paused": controls["paused"], "batch_size": controls["batch_size"] or spec.batch_size,
-              "states": dict(states), "awaiting_approval": [s["id"] for s in samples if s["awaiting_approval"]],
-              "waiting_because": {s["id"]: asked.get(s["id"], "") for s in samples if s["awaiting_approval"]},
-              "approvals": store.approvals(), "best": summary["best"], "wall_s": summary["wall_s"],
-              "refused_commands": store.refused_commands(),
-              "interrupted": [s["id"] for s in samples if s["interrupted"]],
-              "interrupted_because": {s["id"]: s["interrupted"] for s in samples if s["interrupted"]},
-              "conductor": store_holder(store), "quarantined": quarantined(events),
-              "instruments": {i.name: {"role": i.role, "backend": i.backend} for i in spec.instruments}}
+    report = status_report(store, spec)
+    status, states = report["status"], report["states"]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -114,28 +97,31 @@ def _status(args: argparse.Namespace) -> int:
         print(f"conductor: {c['host']} pid {c['pid']} since {c['started_at']} (heartbeat {c['heartbeat_at']})")
     for refusal in report["refused_commands"]:
         print(f"  refused: {refusal}")
-    if summary["best"]:
-        print(f"best: {summary['best']['sample_id']} {summary['best']['objectives']}")
+    for c in report["queued_commands"]:
+        print(f"queued: {c.get('action')} {c.get('sample_id') or c.get('instrument') or c.get('batch_size') or ''} "
+              f"by {c.get('user')} via {c.get('channel')} at {c['posted_at']} (waiting for the conductor)")
+    if report["best"]:
+        print(f"best: {report['best']['sample_id']} {report['best']['objectives']}")
     return 0
 
 
 def _decide(args: argparse.Namespace, approve: bool) -> int:
     from athanor.campaign import open_run
-    from athanor.commands import current_user, decide
+    from athanor.commands import decide, local_operator
 
     store, spec = open_run(args.dir)
-    ids = decide(store, spec, args.sample_ids, approve, current_user(args.user, spec), getattr(args, "reason", "") or "")
+    ids = decide(store, spec, args.sample_ids, approve, local_operator(args.user, spec), getattr(args, "reason", "") or "")
     print(f"{'approved' if approve else 'rejected'}: {' '.join(ids)} (the conductor logs the decision)")
     return 0
 
 
 def _edit(args: argparse.Namespace) -> int:
     from athanor.campaign import open_run
-    from athanor.commands import current_user, edit
+    from athanor.commands import edit, local_operator
     from athanor.report import inputs_text
 
     store, spec = open_run(args.dir)
-    new = edit(store, spec, args.sample_id, _parse_settings(args.changes, "NAME=VALUE"), current_user(args.user, spec),
+    new = edit(store, spec, args.sample_id, _parse_settings(args.changes, "NAME=VALUE"), local_operator(args.user, spec),
                args.reason or "")
     print(f"revised {args.sample_id}: {inputs_text(new)}; it is planned and judged again (the conductor logs it)")
     return 0
@@ -143,20 +129,20 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _control(args: argparse.Namespace, action: str) -> int:
     from athanor.campaign import open_run
-    from athanor.commands import control, current_user
+    from athanor.commands import control, local_operator
 
     store, spec = open_run(args.dir)
-    control(store, spec, action, current_user(args.user, spec), batch_size=getattr(args, "n", None))
+    control(store, spec, action, local_operator(args.user, spec), batch_size=getattr(args, "n", None))
     print(f"{action.replace('_', ' ')} posted (the conductor logs it)")
     return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
     from athanor.campaign import open_run
-    from athanor.commands import control, current_user
+    from athanor.commands import control, local_operator
 
     store, spec = open_run(args.dir)
-    control(store, spec, "restore", current_user(args.user, spec), instrument=args.instrument)
+    control(store, spec, "restore", local_operator(args.user, spec), instrument=args.instrument)
     print(f"restore of {args.instrument} posted (the conductor logs it)")
     return 0
 
@@ -169,9 +155,19 @@ def _schema(_args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    from athanor.campaign import open_run
     from athanor.chat import run_chat_command  # LangChain is imported only for the chat
+    from athanor.commands import local_operator
 
-    return run_chat_command(args)
+    store, spec = open_run(args.dir)
+    store.close()
+    return run_chat_command(args, local_operator(args.user, spec))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from athanor.serve import serve  # FastAPI and uvicorn are imported only for the dashboard
+
+    return serve(args.dirs, host=args.host, port=args.port, auth=not args.no_auth)
 
 
 def _parse_settings(pairs: list[str], form: str = "--set KEY=VALUE") -> dict[str, Any]:
@@ -317,9 +313,23 @@ def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat with a stored campaign (approve, reject, edit, explain, pause)")
     chat.add_argument("dir", help="the campaign's run folder")
     chat.add_argument("--message", "-m", help="send one message, print the reply and exit")
-    chat.add_argument("--user", help="who decides (default: $ATHANOR_USER, the campaign's approval.operator, "
-                                     "or the login name)")
+    chat.add_argument("--user", help="who decides (default: the holder of $ATHANOR_TOKEN, else $ATHANOR_USER, "
+                                     "the campaign's approval.operator, or the login name)")
+    chat.add_argument("--yes", action="store_true",
+                      help="with -m: confirm in advance a message that acts on more than one proposal")
     chat.set_defaults(func=_chat)
+
+    serve = sub.add_parser("serve", help="a web dashboard over run folders, live while campaigns run")
+    serve.add_argument("dirs", nargs="+", metavar="DIR", help="run folders (each a campaign)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="on loopback only: reads and writes without a token (writes record the login name)")
+    serve.set_defaults(func=_serve)
+
+    from athanor.users import add_parser as add_users_parser
+
+    add_users_parser(sub)
 
     world = sub.add_parser("world", help="simulated worlds")
     world_sub = world.add_subparsers(dest="world_command", required=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError, field_validator
@@ -51,6 +52,10 @@ class OperatorCommand(BaseModel):
     batch_size: StrictInt | None = None
     instrument: StrictStr | None = Field(default=None, max_length=40)  # restore: the one to put back in service
     transcript: TranscriptLink | None = None
+    # Who, as far as this process can vouch: `user` is who the operator says they are; `login` the
+    # operating-system account of the process that posted it; `authenticated` that `user` holds a token.
+    login: StrictStr | None = Field(default=None, max_length=100)
+    authenticated: bool = False
 
     @field_validator("user")
     @classmethod
@@ -63,7 +68,15 @@ class OperatorCommand(BaseModel):
 def current_user(explicit: str | None = None, spec: Campaign | None = None) -> str:
     """--user, else ATHANOR_USER, else the campaign's `approval.operator`, else the login name."""
     return (explicit or os.environ.get("ATHANOR_USER") or (spec.approval.operator if spec else None)
-            or getpass.getuser())
+            or login_name())
+
+
+def login_name() -> str:
+    """The operating-system account running this process: recorded beside whatever name it claims."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"uid {os.getuid()}"
 
 
 def validate_inputs(spec: Campaign, inputs: Mapping[str, Any]) -> list[str]:
@@ -172,17 +185,29 @@ def _pool_row_problems(spec: Campaign, inputs: Mapping[str, Any], samples: Seque
     return [f"row {row} of {pool.dataset.name} is already sample {taken}"] if taken else []
 
 
-def post(store: Store, spec: Campaign, commands: Sequence[OperatorCommand]) -> None:
-    """Post every command, or none if any has a problem (also: a decision already waiting in the inbox)."""
+def check(store: Store, spec: Campaign, commands: Sequence[OperatorCommand]) -> list[str]:
+    """Every problem of posting these commands together (also: a decision already waiting in the inbox,
+    two decisions on one sample); empty when they can all be posted."""
     samples, waiting = store.samples(), posted_decisions(store)
     found: list[str] = []
+    decided: set[str] = set()
     for command in commands:
         found += problems(command, samples, spec)
         if command.sample_id in waiting:
             found.append(f"sample {command.sample_id} already has a {waiting[command.sample_id]} decision "
                          "waiting for the conductor")
+        if command.sample_id is not None:
+            if command.sample_id in decided:
+                found.append(f"sample {command.sample_id} is given two decisions at once")
+            decided.add(command.sample_id)
+    return list(dict.fromkeys(found))
+
+
+def post(store: Store, spec: Campaign, commands: Sequence[OperatorCommand]) -> None:
+    """Post every command, or none if any has a problem."""
+    found = check(store, spec, commands)
     if found:
-        raise AthanorError("; ".join(dict.fromkeys(found)))
+        raise AthanorError("; ".join(found))
     for command in commands:
         store.post_command(command.model_dump(mode="json", exclude_none=True))
 
@@ -193,37 +218,91 @@ def posted_decisions(store: Store) -> dict[str, str]:
             if isinstance(c, dict) and c.get("action") in ("approve", "reject", "edit") and c.get("sample_id")}
 
 
-def decide(store: Store, spec: Campaign, sample_ids: Sequence[str], approve: bool, user: str, reason: str = "",
-           channel: str = "cli", transcript: Mapping[str, Any] | None = None) -> list[str]:
-    """Approve or reject every sample, or none if any is not awaiting approval."""
+@dataclass(frozen=True)
+class Operator:
+    """Who posts a command: the name they go by, the process's login, whether a token vouches for
+    the name, and their role (viewers read, only operators decide)."""
+
+    name: str
+    login: str | None = None
+    authenticated: bool = False
+    role: str = "operator"
+
+    @property
+    def can_decide(self) -> bool:
+        return self.role == "operator"
+
+    def fields(self) -> dict[str, Any]:
+        return {"user": self.name, "login": self.login, "authenticated": self.authenticated}
+
+
+def local_operator(explicit: str | None = None, spec: Campaign | None = None) -> Operator:
+    """Who a command line speaks for: the holder of ATHANOR_TOKEN when it is set (`athanor users`),
+    else the name it was given (--user, ATHANOR_USER, the campaign's operator) beside the login name."""
+    token = os.environ.get("ATHANOR_TOKEN")
+    if not token:
+        return Operator(current_user(explicit, spec), login=login_name())
+    from athanor.users import Users
+
+    user = Users().authenticate(token)
+    if user is None:
+        raise AthanorError("ATHANOR_TOKEN is not a valid token (unknown or revoked): see `athanor users list`")
+    if explicit and explicit != user.name:
+        raise AthanorError(f"--user {explicit} is not the holder of ATHANOR_TOKEN ({user.name})")
+    return Operator(user.name, login=login_name(), authenticated=True, role=user.role)
+
+
+def as_operator(user: str | Operator) -> Operator:
+    return user if isinstance(user, Operator) else Operator(user, login=login_name())
+
+
+def decisions(sample_ids: Sequence[str], approve: bool, user: str | Operator, reason: str = "",
+              channel: str = "cli", transcript: Mapping[str, Any] | None = None) -> list[OperatorCommand]:
     if not sample_ids:
         raise AthanorError("name at least one sample")
-    sample_ids = list(dict.fromkeys(sample_ids))
-    post(store, spec, [_command(action="approve" if approve else "reject", user=user, channel=channel,
-                                sample_id=i, reason=reason, transcript=transcript) for i in sample_ids])
-    return sample_ids
+    return [_command(user, action="approve" if approve else "reject", channel=channel, sample_id=i, reason=reason,
+                     transcript=transcript) for i in dict.fromkeys(sample_ids)]
 
 
-def edit(store: Store, spec: Campaign, sample_id: str, changes: Mapping[str, Any], user: str, reason: str = "",
-         channel: str = "cli", transcript: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Revise a proposal: these inputs instead of the designer's. The revised proposal is planned again
-    and judged again by the campaign's policy (so its new recipe is shown and checked); returns the
-    complete new inputs."""
+def edit_command(store: Store, sample_id: str, changes: Mapping[str, Any], user: str | Operator, reason: str = "",
+                 channel: str = "cli", transcript: Mapping[str, Any] | None = None) -> OperatorCommand:
+    """A revision: the sample's inputs with these changes, the complete new inputs in the command."""
     sample = store.sample(sample_id)
     if sample is None:
         raise AthanorError(f"no sample {sample_id!r} in this campaign")
-    inputs = {**sample["inputs"], **changes}
-    post(store, spec, [_command(action="edit", user=user, channel=channel, sample_id=sample_id, reason=reason,
-                                inputs=inputs, transcript=transcript)])
-    return inputs
+    return _command(user, action="edit", channel=channel, sample_id=sample_id, reason=reason,
+                    inputs={**sample["inputs"], **changes}, transcript=transcript)
 
 
-def control(store: Store, spec: Campaign, action: str, user: str, channel: str = "cli",
+def control_command(action: str, user: str | Operator, channel: str = "cli", batch_size: int | None = None,
+                    transcript: Mapping[str, Any] | None = None, instrument: str | None = None) -> OperatorCommand:
+    return _command(user, action=action, channel=channel, batch_size=batch_size, transcript=transcript,
+                    instrument=instrument)
+
+
+def decide(store: Store, spec: Campaign, sample_ids: Sequence[str], approve: bool, user: str | Operator,
+           reason: str = "", channel: str = "cli", transcript: Mapping[str, Any] | None = None) -> list[str]:
+    """Approve or reject every sample, or none if any is not awaiting approval."""
+    posted = decisions(sample_ids, approve, user, reason, channel, transcript)
+    post(store, spec, posted)
+    return [c.sample_id for c in posted]
+
+
+def edit(store: Store, spec: Campaign, sample_id: str, changes: Mapping[str, Any], user: str | Operator,
+         reason: str = "", channel: str = "cli", transcript: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Revise a proposal: these inputs instead of the designer's. The revised proposal is planned again
+    and judged again by the campaign's policy (so its new recipe is shown and checked); returns the
+    complete new inputs."""
+    command = edit_command(store, sample_id, changes, user, reason, channel, transcript)
+    post(store, spec, [command])
+    return dict(command.inputs or {})
+
+
+def control(store: Store, spec: Campaign, action: str, user: str | Operator, channel: str = "cli",
             batch_size: int | None = None, transcript: Mapping[str, Any] | None = None,
             instrument: str | None = None) -> None:
     """Pause, resume, set the batch size of the campaign, or put an instrument back in service."""
-    post(store, spec, [_command(action=action, user=user, channel=channel, batch_size=batch_size,
-                                transcript=transcript, instrument=instrument)])
+    post(store, spec, [control_command(action, user, channel, batch_size, transcript, instrument)])
 
 
 def describe(exc: ValidationError) -> str:
@@ -231,8 +310,11 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'command'}: {e['msg']}" for e in exc.errors())
 
 
-def _command(**fields: Any) -> OperatorCommand:
+def _command(user: str | Operator, **fields: Any) -> OperatorCommand:
+    who = as_operator(user)
+    if not who.can_decide:
+        raise AthanorError(f"{who.name} is a {who.role}: viewers read, only operators decide")
     try:
-        return OperatorCommand(**fields)
+        return OperatorCommand(**who.fields(), **fields)
     except ValidationError as exc:
         raise AthanorError(f"malformed command: {describe(exc)}") from None

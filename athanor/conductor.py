@@ -326,9 +326,11 @@ class Conductor:
                                        decided_by=command.user, channel=command.channel, reason=command.reason,
                                        edited_inputs=command.inputs if edit else None,
                                        edited_pool_index=pool_row(self.spec, command.inputs or {}) if edit else None,
-                                       transcript=transcript))
+                                       transcript=transcript, login=command.login,
+                                       authenticated=command.authenticated))
             return
-        detail: dict[str, Any] = {"by": command.user, "channel": command.channel, "transcript": transcript}
+        detail: dict[str, Any] = {"by": command.user, "channel": command.channel, "transcript": transcript,
+                                  "login": command.login, "authenticated": command.authenticated}
         if command.action == "restore":
             self.quarantined.pop(command.instrument, None)
             self.lost_in_a_row[command.instrument] = 0

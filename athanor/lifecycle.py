@@ -152,8 +152,8 @@ def apply(s: Session, m: Message) -> list[SampleRow]:
             row.inputs, row.pool_index, row.recipe = dict(m.edited_inputs), m.edited_pool_index, None
         s.add(ApprovalRow(sample_id=m.sample_id, campaign_id=m.campaign_id, approved=m.approved,
                           decided_by=m.decided_by, channel=m.channel, reason=m.reason,
-                          edited_inputs=m.edited_inputs, transcript=m.transcript or None,
-                          decided_at=m.created_at, event_id=m.id))
+                          edited_inputs=m.edited_inputs, transcript=m.transcript or None, login=m.login,
+                          authenticated=m.authenticated, decided_at=m.created_at, event_id=m.id))
         return [row]
     if isinstance(m, StepInterrupted):
         row = _row(s, m)

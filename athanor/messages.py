@@ -108,6 +108,8 @@ class ApprovalDecision(Envelope):
     edited_inputs: dict[str, InputValue] | None = None  # an operator's revision: planned and judged again
     edited_pool_index: int | None = None  # in a pool space, the row those inputs are
     transcript: dict[str, Any] = {}  # from the chat: session, transcript file, the operator's words
+    login: str | None = None  # the operating-system account of the process that posted the decision
+    authenticated: bool = False  # decided_by holds a token (athanor users), not just a name it gave
 
 
 class StepIntent(Envelope):

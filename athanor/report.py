@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
@@ -65,6 +65,30 @@ def summarize(store: Store, spec: Campaign, status: str) -> dict[str, Any]:
         "designer": spec.designer.strategy,
         "world": spec.world.kind,
     }
+
+
+def status_report(store: Store, spec: Campaign) -> dict[str, Any]:
+    """`athanor status --json`, and the dashboard's view of one campaign."""
+    from athanor.lease import holder
+    from athanor.recovery import quarantined
+
+    samples = store.samples()
+    events = store.events(kind="campaign_event")
+    status = events[-1].status if events and events[-1].event == "ended" else "running or interrupted"
+    summary = summarize(store, spec, status)
+    controls, asked = store.controls(), store.waiting_reasons()
+    return {"campaign": spec.campaign, "campaign_id": store.campaign_id, "status": status,
+            "paused": controls["paused"], "batch_size": controls["batch_size"] or spec.batch_size,
+            "states": dict(Counter(s["state"] for s in samples)),
+            "awaiting_approval": [s["id"] for s in samples if s["awaiting_approval"]],
+            "waiting_because": {s["id"]: asked.get(s["id"], "") for s in samples if s["awaiting_approval"]},
+            "approvals": store.approvals(), "best": summary["best"], "wall_s": summary["wall_s"],
+            "n_experiments": summary["n_experiments"], "budget": summary["budget"],
+            "refused_commands": store.refused_commands(), "queued_commands": store.queued_commands(),
+            "interrupted": [s["id"] for s in samples if s["interrupted"]],
+            "interrupted_because": {s["id"]: s["interrupted"] for s in samples if s["interrupted"]},
+            "conductor": holder(store), "quarantined": quarantined(events),
+            "instruments": {i.name: {"role": i.role, "backend": i.backend} for i in spec.instruments}}
 
 
 def plot_progress(samples: list[dict[str, Any]], spec: Campaign, path: Path) -> None:
@@ -136,15 +160,17 @@ def inputs_text(inputs: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in inputs.items())
 
 
-def decision_line(a: Mapping[str, Any]) -> str:
-    """One operator decision as `athanor status` and the chat show it."""
-    verdict = "approved" if a["approved"] else f"rejected ({a['reason']})"
+def decision_line(a: Mapping[str, Any], quote: Callable[[str], str] = repr) -> str:
+    """One operator decision as `athanor status` and the chat show it; `quote` wraps what people wrote."""
+    verdict = "approved" if a["approved"] else f"rejected ({quote(a['reason'])})"
     if a.get("edited_inputs"):
-        verdict = f"revised to {inputs_text(a['edited_inputs'])}" + (f" ({a['reason']})" if a["reason"] else "")
+        verdict = f"revised to {inputs_text(a['edited_inputs'])}" + (f" ({quote(a['reason'])})" if a["reason"] else "")
     transcript = a.get("transcript") or {}
     said = transcript.get("operator_message")
-    link = f" [chat session {transcript.get('session', '?')}: {said!r}]" if said else ""
-    return f"{a['sample_id']} {verdict} by {a['decided_by']} via {a['channel']} at {a['decided_at']}{link}"
+    link = f" [chat session {transcript.get('session', '?')}: {quote(said)}]" if said else ""
+    who = a["decided_by"] + ("" if a.get("authenticated") or not a.get("login") or a["login"] == a["decided_by"]
+                             else f" (login {a['login']})")
+    return f"{a['sample_id']} {verdict} by {who} via {a['channel']} at {a['decided_at']}{link}"
 
 
 def recipe_lines(recipe: Mapping[str, Any] | None) -> list[str]:

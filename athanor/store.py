@@ -227,10 +227,11 @@ class Store:
             return [parse_message(body) for body in s.scalars(query.order_by(EventRow.seq))]
 
     @_retrying
-    def count_events(self, kind: str) -> int:
+    def count_events(self, kind: str | None = None) -> int:
         with Session(self.engine) as s:
-            query = select(func.count()).select_from(EventRow)
-            query = query.where(EventRow.campaign_id == self.campaign_id, EventRow.kind == kind)
+            query = select(func.count()).select_from(EventRow).where(EventRow.campaign_id == self.campaign_id)
+            if kind is not None:
+                query = query.where(EventRow.kind == kind)
             return s.scalar(query) or 0
 
     @_retrying
@@ -298,7 +299,8 @@ class Store:
             return [
                 {"sample_id": r.sample_id, "approved": r.approved, "decided_by": r.decided_by,
                  "channel": r.channel, "reason": r.reason, "edited_inputs": r.edited_inputs,
-                 "transcript": r.transcript or {}, "decided_at": r.decided_at.isoformat()}
+                 "transcript": r.transcript or {}, "login": r.login, "authenticated": bool(r.authenticated),
+                 "decided_at": r.decided_at.isoformat()}
                 for r in rows
             ]
 
@@ -390,6 +392,19 @@ class Store:
                 .order_by(InboxRow.id)
             ).all()
             return [(r.id, r.command) for r in rows]  # as stored: the conductor refuses what is not a command
+
+    @_retrying
+    def queued_commands(self) -> list[dict[str, Any]]:
+        """What operators posted and the conductor has not carried out yet, as `athanor status` lists it."""
+        with Session(self.engine) as s:
+            rows = s.scalars(
+                select(InboxRow)
+                .where(InboxRow.campaign_id == self.campaign_id, InboxRow.consumed_at.is_(None))
+                .order_by(InboxRow.id)
+            ).all()
+            return [{"command_id": r.id, "posted_at": r.created_at.isoformat(),
+                     **({k: v for k, v in r.command.items() if k != "transcript"} if isinstance(r.command, dict)
+                        else {"malformed": str(r.command)[:300]})} for r in rows]
 
     @_retrying
     def consume(self, command_id: int) -> None:

@@ -79,6 +79,8 @@ class ApprovalRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     edited_inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     transcript: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    login: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    authenticated: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     event_id: Mapped[str] = mapped_column(String(64))
 

@@ -39,8 +39,8 @@ def env(sample_id=None):
     return dict(campaign_id=CAMP, sender="conductor", sample_id=sample_id)
 
 
-def make_gated_run(tmp_path: Path) -> Path:
-    """A stopped campaign: S0001-S0002 measured, S0003-S0005 awaiting an operator."""
+def make_gated_run(tmp_path: Path, waiting: int = 3) -> Path:
+    """A stopped campaign: S0001-S0002 measured, S0003 onwards (`waiting` of them) awaiting an operator."""
     spec = parse_campaign(SPEC)
     url = f"sqlite:///{tmp_path}/campaign.db"
     store = Store(url, CAMP)
@@ -56,14 +56,16 @@ def make_gated_run(tmp_path: Path) -> Path:
         store.append(SynthesisRecipe(**env(sid), route="direct", inputs=measured[i - 1]))
         store.append(SynthesisResult(**env(sid), instrument="synthesizer", product={"ok": True}))
         store.append(Measurement(**env(sid), instrument="probe", values={"gap": 1.1 + 0.2 * i}))
-    waiting = [{"temperature": 360.0, "Sn": 0.75, "Pb": 0.25, "Ge": 0.0},
-               {"temperature": 450.0, "Sn": 0.6, "Pb": 0.2, "Ge": 0.2},
-               {"temperature": 580.0, "Sn": 0.5, "Pb": 0.5, "Ge": 0.0}]
+    first = [{"temperature": 360.0, "Sn": 0.75, "Pb": 0.25, "Ge": 0.0},
+             {"temperature": 450.0, "Sn": 0.6, "Pb": 0.2, "Ge": 0.2},
+             {"temperature": 580.0, "Sn": 0.5, "Pb": 0.5, "Ge": 0.0}]
+    more = [{"temperature": 400.0 + 10 * i, "Sn": 0.7, "Pb": 0.3, "Ge": 0.0} for i in range(max(0, waiting - 3))]
+    proposals = (first + more)[:waiting]
     store.append(DesignProposal(**env(), batch=1, strategy="bayesian", model_version="gp-1", candidates=[
-        Candidate(inputs=x, sample_id=f"S000{i + 3}", acquisition_value=0.5 - 0.1 * i,
+        Candidate(inputs=x, sample_id=f"S{i + 3:04d}", acquisition_value=0.5 - 0.1 * i,
                   predicted={"gap": Prediction(mean=1.5 + 0.1 * i, sd=0.12)}, rationale="high expected improvement")
-        for i, x in enumerate(waiting)]))
-    for i in (3, 4, 5):
-        store.append(ApprovalRequest(**env(f"S000{i}"), policy="always", reason="every proposal waits"))
+        for i, x in enumerate(proposals)]))
+    for i in range(3, 3 + waiting):
+        store.append(ApprovalRequest(**env(f"S{i:04d}"), policy="always", reason="every proposal waits"))
     store.close()
     return tmp_path

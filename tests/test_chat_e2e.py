@@ -26,7 +26,7 @@ def test_campaign_under_always_finishes_when_an_operator_approves_in_chat(tmp_pa
     replies = []
     deadline = time.monotonic() + 120
     while runner.is_alive() and time.monotonic() < deadline:
-        replies.append(chat_once(out, "approve all pending", user="ada"))
+        replies.append(chat_once(out, "approve all pending", user="ada", confirmed=True))
         time.sleep(0.5)
     runner.join(timeout=10)
     assert result["summary"]["status"] == "completed" and result["summary"]["n_experiments"] == 4
@@ -57,6 +57,9 @@ def test_terminal_chat_under_a_pseudo_terminal(tmp_path, ray_address):
         chat.expect("S0001")
         chat.expect("> ")
         chat.sendline("approve 1 and 2")
+        chat.expect("This would approve S0001 S0002 as grace")
+        chat.expect("> ")
+        chat.sendline("yes")
         chat.expect("approved S0001 S0002 as grace via chat")
         chat.expect("> ")
         chat.sendline("quit")

@@ -54,7 +54,8 @@ def drive_to_the_end(out: Path, runner: threading.Thread, user: str = "ada", tim
     failing test does not leave a campaign waiting in the shared Ray instance)."""
     deadline = time.monotonic() + timeout
     while runner.is_alive() and time.monotonic() < deadline:
-        chat_once(out, "resume", user=user) if state_paused(out) else chat_once(out, "approve all pending", user=user)
+        chat_once(out, "resume", user=user) if state_paused(out) else chat_once(out, "approve all pending", user=user,
+                                                                                 confirmed=True)
         time.sleep(0.3)
     runner.join(timeout=10)
 
@@ -95,7 +96,8 @@ def test_scripted_operator_edits_pauses_and_resizes_a_running_campaign(tmp_path,
                                               call("approve", {"sample_ids": ["S0002"]}, "a")]),
             AIMessage(content="Paused; S0001 edited to Fe70Co30 and approved; S0002 approved."),
         ])
-        assert chat_once(out, "pause, move 1 to Fe70Co30, approve 2", user="carol", model=operator).startswith("Paused")
+        assert chat_once(out, "pause, move 1 to Fe70Co30, approve 2", user="carol", model=operator,
+                         confirmed=True).startswith("Paused")
         wait_for(lambda: state(out)["S0002"]["state"] == "planned" and state(out)["S0001"]["inputs"]["Fe"] == 0.7,
                  "both decisions logged")
         time.sleep(1.5)  # paused: the revised S0001 is not planned again, the approved S0002 not made
@@ -108,8 +110,8 @@ def test_scripted_operator_edits_pauses_and_resizes_a_running_campaign(tmp_path,
                                               call("resume", {}, "r")]),
             AIMessage(content="Batch size 1; resumed."),
         ])
-        assert chat_once(out, "one at a time from now on, and carry on", user="carol", model=resize) == \
-            "Batch size 1; resumed."
+        assert chat_once(out, "one at a time from now on, and carry on", user="carol", model=resize,
+                         confirmed=True).startswith("Batch size 1; resumed.")
     finally:
         drive_to_the_end(out, runner, user="dan")
     assert result["summary"]["status"] == "completed" and result["summary"]["n_experiments"] == 6

@@ -1,0 +1,1 @@
+"""The dashboard's page and login form (served by athanor.serve)."""
