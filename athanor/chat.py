@@ -123,8 +123,9 @@ class ChatSession:
         self.session_id = uuid.uuid4().hex[:12]
         self._said = ""  # the operator's message being answered
         self._staged: list[OperatorCommand] = []
+        self._last_posted: list[int] = []  # inbox ids of what this chat last carried out, for undo
         self._errors: list[str] = []
-        self._awaiting_yes: tuple[list[OperatorCommand], str] | None = None  # commands, the words that asked
+        self._awaiting_yes: list[OperatorCommand] | None = None  # staged, until the operator says yes
         self.tools = {t.name: t for t in self._make_tools()}
         try:
             self.bound = model.bind_tools(list(self.tools.values()))
@@ -167,6 +168,8 @@ class ChatSession:
             tool(self._pause, NoArgs, "Pause the campaign: steps under way finish, nothing new starts."),
             tool(self._resume, NoArgs, "Resume a paused campaign."),
             tool(self._set_batch_size, BatchSizeArgs, "Set how many candidates the designer proposes at a time."),
+            tool(self._undo, NoArgs, "Take back what this chat last carried out, if the conductor has not taken "
+                 "it up yet."),
         ]
 
     def _resolve(self, ref: SampleRef) -> dict[str, Any]:
@@ -257,6 +260,17 @@ class ChatSession:
     def _set_batch_size(self, batch_size: int) -> str:
         return self._stage([self._command(commands.control_command, "batch_size", batch_size=batch_size)])
 
+    def _undo(self) -> str:
+        if not self._last_posted:
+            raise Refused("this chat has carried out nothing to take back")
+        withdrawn, problems = commands.withdraw(self.store, self._last_posted, self.operator)
+        self._last_posted = [i for i in self._last_posted if i not in {c["command_id"] for c in withdrawn}]
+        done = [f"withdrew {c['action']}{' ' + c['sample_id'] if c.get('sample_id') else ''}" for c in withdrawn]
+        if problems:
+            done.append("could not take back the rest: the conductor has already taken it up (reject or edit what "
+                        "it started instead)")
+        return "; ".join(done)
+
     def _command(self, make: Callable[..., OperatorCommand], *args: Any, **kwargs: Any) -> OperatorCommand:
         return self._commands(lambda *a, **k: [make(*a, **k)], *args, **kwargs)[0]
 
@@ -294,25 +308,25 @@ class ChatSession:
         """One operator message in; the reply out. `confirmed`: the operator has said yes in advance
         (`athanor chat -m ... --yes`)."""
         start = len(self.messages)
+        asked, self._awaiting_yes = self._awaiting_yes, None  # anything but yes cancels the question
         if len(text) > MAX_MESSAGE_CHARS:
             self.messages.append(HumanMessage(content=text[:200] + f"... ({len(text)} characters, refused)"))
-            self._log(self.messages[start:])
-            return ChatReply(f"Nothing was done: the message has {len(text)} characters; the limit is "
-                             f"{MAX_MESSAGE_CHARS}.", "refused")
-        asked, self._awaiting_yes = self._awaiting_yes, None
-        if asked is not None and text.strip().lower().rstrip(".!") in YES:
+            reply = ChatReply(f"Nothing was done: the message has {len(text)} characters; the limit is "
+                              f"{MAX_MESSAGE_CHARS}.", "refused")
+        elif asked is not None and text.strip().lower().rstrip(".!") in YES:
             self.messages.append(HumanMessage(content=text))
-            self._log(self.messages[start:])
-            return self._carry_out(*asked)
-        self._said, self._staged, self._errors = text, [], []
-        self.messages.append(HumanMessage(content=text))
-        answer, outcome = self._run_model()
-        cancelled = f"(the earlier request to {describe(asked[0])} was cancelled)\n" if asked else ""
-        reply = self._conclude(answer, outcome, confirmed)
-        self.messages.append(AIMessage(content=reply))
+            reply = self._carry_out(asked)
+        else:
+            self._said, self._staged, self._errors = text, [], []
+            self.messages.append(HumanMessage(content=text))
+            answer, outcome = self._run_model()
+            reply = self._conclude(answer, outcome, confirmed)
+            if asked:
+                reply = ChatReply(f"(the earlier request to {describe(asked)} was cancelled)\n{reply}", reply.outcome)
+        self.messages.append(AIMessage(content=str(reply)))
         self._log(self.messages[start:])
         self._forget()
-        return ChatReply(cancelled + reply, reply.outcome)
+        return reply
 
     def _run_model(self) -> tuple[str, str]:
         calls_made = 0
@@ -352,18 +366,18 @@ class ChatSession:
         proposals = {c.sample_id for c in staged if c.sample_id}
         if len(proposals) > 1 or not self.builtin:
             if not confirmed:
-                self._awaiting_yes = (staged, self._said)
+                self._awaiting_yes = staged
                 return ChatReply(f"{answer + chr(10) if answer else ''}This would {describe(staged)} as "
                                  f"{self.user}. Reply 'yes' to carry it out; anything else cancels it. "
                                  "Nothing has been done yet.", "needs_yes")
-        return self._carry_out(staged, self._said, answer)
+        return self._carry_out(staged, answer)
 
-    def _carry_out(self, staged: list[OperatorCommand], said: str, answer: str = "") -> ChatReply:
+    def _carry_out(self, staged: list[OperatorCommand], answer: str = "") -> ChatReply:
         try:
-            commands.post(self.store, self.spec, staged)
+            self._last_posted = commands.post(self.store, self.spec, staged)
         except AthanorError as exc:
             return ChatReply(f"Nothing was done: {exc}", "refused")
-        done = f"{past(staged)} as {self.user} via {self.channel} (the conductor logs it)"
+        done = f"{past(staged)} as {self.user} via {self.channel} (the conductor logs it; 'undo' takes it back till then)"
         return ChatReply(f"{answer}\n{done}" if answer else done, "done")
 
     def _view(self) -> list[BaseMessage]:
@@ -391,13 +405,19 @@ class ChatSession:
                 if len(content) > MAX_LOGGED_CHARS:
                     record["truncated_from"] = len(content)
                 if isinstance(m, AIMessage) and (m.tool_calls or m.invalid_tool_calls):
-                    record["tool_calls"] = [{"name": c["name"], "args": c["args"], "id": c.get("id")}
+                    record["tool_calls"] = [{"name": str(c["name"])[:100], "args": _bounded(c["args"]), "id": c.get("id")}
                                             for c in m.tool_calls][:MAX_TOOL_CALLS + 1]
                     record["invalid_tool_calls"] = [{k: str(v)[:500] for k, v in c.items()}
                                                     for c in m.invalid_tool_calls][:MAX_TOOL_CALLS + 1]
                 if isinstance(m, ToolMessage):
                     record.update(tool_call_id=m.tool_call_id, name=m.name)
-                f.write(json.dumps(record, default=str)[:4 * MAX_LOGGED_CHARS] + "\n")
+                f.write(json.dumps(record, default=str) + "\n")
+
+
+def _bounded(args: Any, limit: int = 2000) -> Any:
+    """A tool call's arguments for the transcript: as they were, or their first `limit` characters."""
+    text = json.dumps(args, default=str)
+    return args if len(text) <= limit else {"truncated": text[:limit]}
 
 
 def _text(message: BaseMessage) -> str:

@@ -7,7 +7,8 @@ are refused, never dropped.
 
     message   := clause ((";" | "," | "and" | "then" | "but" | newline | ".") clause)*
     clause    := approve | reject | hold | edit | explain | status | pending | pause | resume
-                 | batch size | help
+                 | batch size | help | undo
+    undo      := "undo" | "withdraw" | "take that back"   (alone in its message)
     approve   := ("approve" | "accept") targets exception*
     targets   := ids | "all" ["pending" | "waiting" | "of them"] | "everything" | "every one"
     exception := ["but" | ","] ("not" | "except" | "except for" | "apart from" | "other than"
@@ -40,12 +41,13 @@ and refused. The tool calls come out in a fixed form:
     hold            {"sample_ids": [...]}          (changes nothing: the samples stay waiting)
     edit            {"sample_id": str, "inputs": {name: value}, "reason": str}
     explain         {"sample_id": str}             (one call per id)
-    status, list_pending, pause, resume   {}
+    status, list_pending, pause, resume, undo   {}
     set_batch_size  {"batch_size": int}
 
 A message naming more than MAX_IDS (1000) ids, ranges included, is refused; so is a range that
-runs backwards ("approve 8 to 5"). Ids come out as S followed by at least four digits. Whether an id is actually waiting, and whether
-more than one proposal needs the operator's yes, is the chat session's business, not the grammar's.
+runs backwards ("approve 8 to 5"). Ids come out as S followed by at least four digits. Whether an
+id is actually waiting, and whether more than one proposal needs the operator's yes, is the chat
+session's business, not the grammar's.
 """
 
 from __future__ import annotations
@@ -78,11 +80,12 @@ _PHRASES = [(("hold", "off", "on"), "hold"), (("hold", "off"), "hold"), (("don't
             (("wait", "on"), "hold"), (("all", "pending"), "all"), (("all", "waiting"), "all"),
             (("all", "of", "them"), "all"), (("every", "one"), "all"), (("everyone",), "all"),
             (("everything",), "all"), (("the", "status"), "status"), (("resume", "the", "campaign"), "resume"),
-            (("pause", "the", "campaign"), "pause")]
+            (("pause", "the", "campaign"), "pause"), (("take", "that", "back"), "undo"), (("take", "it", "back"), "undo")]
 _VERBS = {"approve": "approve", "accept": "approve", "reject": "reject", "decline": "reject", "skip": "hold",
           "hold": "hold", "leave": "hold", "edit": "edit", "why": "why", "explain": "why", "status": "status",
           "pending": "pending", "list": "pending", "queue": "pending", "pause": "pause", "resume": "resume",
-          "unpause": "resume", "continue": "resume", "batchsize": "batchsize", "help": "help"}
+          "unpause": "resume", "continue": "resume", "batchsize": "batchsize", "help": "help", "undo": "undo",
+          "withdraw": "undo"}
 _EDIT_PAIR = re.compile(r"(?:\"([^\"]+)\"|'([^']+)'|([A-Za-z_][\w.\-]*))\s*=\s*([^\s,;:]+)")
 _LOOKS_LIKE_A_COMMAND = re.compile(r"\b(approve|accept|reject|decline|skip|hold|edit|pause|resume)\b\s*[Ss#]?\d*", re.I)
 
@@ -154,8 +157,7 @@ def _join_phrases(tokens: list[_Token]) -> list[_Token]:
 class _Parser:
     def __init__(self, text: str):
         self.text = text
-        self.segments = [seg for seg in re.split(r"[;\n]", text)]
-        self.calls: list[dict[str, Any]] = []
+        self.segments = re.split(r"[;\n]", text)
 
     def message(self) -> Parsed:
         if not self.text.strip():
@@ -300,6 +302,9 @@ class _Parser:
     def _help(self, parsed: Parsed) -> None:
         parsed.help = True
 
+    def _undo(self, parsed: Parsed) -> None:
+        parsed.calls.append(call("undo"))
+
     def _batchsize(self, parsed: Parsed) -> None:
         if self.is_word(self.peek(), "to", "=", ":"):
             self.i += 1
@@ -334,7 +339,7 @@ class _Parser:
             if single:
                 return [sample_id(out[0])] if len(out) == 1 else self._one_only()
             mark = self.i
-            self.skip({",", "and", "&", "+"} | (_FILLER - {"only", "just"}))
+            self.skip({",", "and", "&", "+"})
             if self.peek() is None or self.peek().kind != "id":
                 self.i = mark
                 break
@@ -364,6 +369,8 @@ def _value(raw: str) -> Any:
 
 def _check(parsed: Parsed) -> Parsed:
     """Merge the approvals and take out what the message held or rejected; refuse contradictions."""
+    if any(c["name"] == "undo" for c in parsed.calls) and len(parsed.calls) > 1:
+        raise NotUnderstood("say 'undo' by itself: it takes back what this chat last carried out")
     approvals = [c for c in parsed.calls if c["name"] == "approve"]
     held = [i for c in parsed.calls if c["name"] == "hold" for i in c["args"]["sample_ids"]]
     rejected = [i for c in parsed.calls if c["name"] == "reject" for i in c["args"]["sample_ids"]]
@@ -379,7 +386,8 @@ def _check(parsed: Parsed) -> Parsed:
         named = list(dict.fromkeys(i for c in approvals for i in c["args"]["sample_ids"]))
         clash = sorted(set(named) & set(rejected + edited))
         if clash:
-            raise NotUnderstood(f"{', '.join(clash)} is both approved and {'rejected' if set(clash) & set(rejected) else 'edited'} in one message")
+            other = "rejected" if set(clash) & set(rejected) else "edited"
+            raise NotUnderstood(f"{', '.join(clash)} is both approved and {other} in one message")
         if everything and named:
             raise NotUnderstood("approve either all or named samples, not both, in one message")
         first = parsed.calls.index(approvals[0])

@@ -26,6 +26,7 @@ HELP = """I understand exactly these, and nothing else (a message I cannot read 
   edit 3 Sr=0.5 Ba=0.5 because ...     change inputs of a candidate (checked against the design space;
                                        quote names with spaces: edit 3 "P3HT content (%)"=20)
   pause | resume | batch size 2        stop starting new steps | carry on | candidates per request
+  undo                                 take back what I last carried out, if the conductor has not yet
 Several commands go in one message, separated by ';' or ','. Conditions ("if its cost is low") are not
 understood. Before acting on more than one candidate I list them and wait for your 'yes'."""
 

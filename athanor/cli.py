@@ -98,8 +98,11 @@ def _status(args: argparse.Namespace) -> int:
     for refusal in report["refused_commands"]:
         print(f"  refused: {refusal}")
     for c in report["queued_commands"]:
-        print(f"queued: {c.get('action')} {c.get('sample_id') or c.get('instrument') or c.get('batch_size') or ''} "
-              f"by {c.get('user')} via {c.get('channel')} at {c['posted_at']} (waiting for the conductor)")
+        what = c.get("sample_id") or c.get("instrument") or c.get("batch_size") or ""
+        until = ("being carried out" if c["claimed"] else
+                 f"waiting for the conductor; `athanor withdraw {args.dir} {c['command_id']}` takes it back")
+        print(f"queued #{c['command_id']}: {c.get('action')} {what} by {c.get('user')} via {c.get('channel')} "
+              f"at {c['posted_at']} ({until})")
     if report["best"]:
         print(f"best: {report['best']['sample_id']} {report['best']['objectives']}")
     return 0
@@ -144,6 +147,19 @@ def _restore(args: argparse.Namespace) -> int:
     store, spec = open_run(args.dir)
     control(store, spec, "restore", local_operator(args.user, spec), instrument=args.instrument)
     print(f"restore of {args.instrument} posted (the conductor logs it)")
+    return 0
+
+
+def _withdraw(args: argparse.Namespace) -> int:
+    from athanor.campaign import open_run
+    from athanor.commands import local_operator, withdraw
+
+    store, spec = open_run(args.dir)
+    withdrawn, problems = withdraw(store, args.command_ids, local_operator(args.user, spec))
+    for c in withdrawn:
+        print(f"withdrew command {c['command_id']}: {c.get('action')} {c.get('sample_id') or ''} by {c.get('user')}")
+    if problems:
+        raise AthanorError("; ".join(problems))
     return 0
 
 
@@ -338,6 +354,13 @@ def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
     evaluate.add_argument("--composition", required=True, metavar="FORMULA", help="e.g. Fe0.7Co0.3 or SrTiO3")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (repeatable)")
     evaluate.set_defaults(func=_world_eval)
+
+    take_back = sub.add_parser("withdraw", help="take back posted commands the conductor has not taken up yet "
+                                                "(ids from `athanor status`)")
+    take_back.add_argument("dir")
+    take_back.add_argument("command_ids", nargs="+", type=int, metavar="COMMAND_ID")
+    take_back.add_argument("--user")
+    take_back.set_defaults(func=_withdraw)
 
     restore = sub.add_parser("restore", help="put an instrument taken out of service back in service")
     restore.add_argument("dir")

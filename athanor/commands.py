@@ -203,13 +203,30 @@ def check(store: Store, spec: Campaign, commands: Sequence[OperatorCommand]) -> 
     return list(dict.fromkeys(found))
 
 
-def post(store: Store, spec: Campaign, commands: Sequence[OperatorCommand]) -> None:
-    """Post every command, or none if any has a problem."""
+def post(store: Store, spec: Campaign, commands: Sequence[OperatorCommand]) -> list[int]:
+    """Post every command, or none if any has a problem; the inbox ids, for `withdraw`."""
     found = check(store, spec, commands)
     if found:
         raise AthanorError("; ".join(found))
-    for command in commands:
-        store.post_command(command.model_dump(mode="json", exclude_none=True))
+    return [store.post_command(command.model_dump(mode="json", exclude_none=True)) for command in commands]
+
+
+def withdraw(store: Store, command_ids: Sequence[int], user: str | Operator) -> tuple[list[dict[str, Any]], list[str]]:
+    """Take back posted commands the conductor has not taken up yet: what was withdrawn, and why the
+    rest was not. A command already taken up stands (reject or edit what it started instead)."""
+    who = as_operator(user)
+    if not who.can_decide:
+        raise AthanorError(f"{who.name} is a {who.role}: viewers read, only operators decide")
+    queued = {c["command_id"]: c for c in store.queued_commands()}
+    withdrawn, problems = [], []
+    for command_id in dict.fromkeys(command_ids):
+        command = queued.get(command_id)
+        if command is None or not store.withdraw(command_id, who.name):
+            problems.append(f"command {command_id} is not waiting: it was carried out, is being carried out, "
+                            "or never was")
+        else:
+            withdrawn.append(command)
+    return withdrawn, problems
 
 
 def posted_decisions(store: Store) -> dict[str, str]:

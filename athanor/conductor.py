@@ -301,7 +301,8 @@ class Conductor:
         # A command is marked consumed only once what it did is logged: a crash in between delivers it
         # again, and a repeated decision is ignored because the sample no longer waits.
         for command_id, raw in self.store.pending_commands():
-            self._carry_out(raw)
+            if self.store.claim(command_id):  # else an operator withdrew it just now
+                self._carry_out(raw)
             self.store.consume(command_id)
 
     def _carry_out(self, raw: Any) -> None:

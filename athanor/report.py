@@ -160,14 +160,16 @@ def inputs_text(inputs: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in inputs.items())
 
 
-def decision_line(a: Mapping[str, Any], quote: Callable[[str], str] = repr) -> str:
-    """One operator decision as `athanor status` and the chat show it; `quote` wraps what people wrote."""
-    verdict = "approved" if a["approved"] else f"rejected ({quote(a['reason'])})"
+def decision_line(a: Mapping[str, Any], quote: Callable[[str], str] | None = None) -> str:
+    """One operator decision as `athanor status` and the chat show it; `quote` wraps what people wrote
+    (the chat fences it for a model)."""
+    reason = quote(a["reason"]) if quote else a["reason"]
+    verdict = "approved" if a["approved"] else f"rejected ({reason})"
     if a.get("edited_inputs"):
-        verdict = f"revised to {inputs_text(a['edited_inputs'])}" + (f" ({quote(a['reason'])})" if a["reason"] else "")
+        verdict = f"revised to {inputs_text(a['edited_inputs'])}" + (f" ({reason})" if a["reason"] else "")
     transcript = a.get("transcript") or {}
     said = transcript.get("operator_message")
-    link = f" [chat session {transcript.get('session', '?')}: {quote(said)}]" if said else ""
+    link = f" [chat session {transcript.get('session', '?')}: {(quote or repr)(said)}]" if said else ""
     who = a["decided_by"] + ("" if a.get("authenticated") or not a.get("login") or a["login"] == a["decided_by"]
                              else f" (login {a['login']})")
     return f"{a['sample_id']} {verdict} by {who} via {a['channel']} at {a['decided_at']}{link}"

@@ -80,6 +80,10 @@ class Revision(_Body):
     reason: StrictStr = Field(default="", max_length=2000)
 
 
+class Withdrawal(_Body):
+    commands: list[StrictInt] = Field(min_length=1, max_length=1000)
+
+
 class BatchSize(_Body):
     batch_size: StrictInt = Field(ge=1, le=MAX_BATCH_SIZE)
 
@@ -261,6 +265,15 @@ def create_app(folders: list[str | Path], auth: bool = True, users: Users | None
         return act(campaign, lambda run: commands.control(run.store, run.spec, "batch_size", who, WEB,
                                                           batch_size=body.batch_size))
 
+    @app.post("/api/campaigns/{campaign}/withdraw")
+    def withdraw(campaign: str, body: Withdrawal, who: Operator = Depends(writer)) -> dict[str, Any]:
+        run = run_of(campaign)
+        withdrawn, problems = commands.withdraw(run.store, body.commands, who)
+        if problems and not withdrawn:
+            raise HTTPException(409, "; ".join(problems))
+        return {"withdrawn": [c["command_id"] for c in withdrawn], "problems": problems,
+                "queued_commands": run.store.queued_commands()}
+
     @app.post("/api/campaigns/{campaign}/chat")
     def chat(campaign: str, body: ChatMessage, who: Operator = Depends(poster)) -> dict[str, Any]:
         from athanor.chat import TRANSCRIPT, ChatSession
@@ -296,7 +309,8 @@ def serve(folders: list[str], host: str = "127.0.0.1", port: int = 8765, auth: b
     port = port or _free_port(host)
     print(f"athanor: dashboard on http://{host}:{port}/ for {len(folders)} campaign(s)"
           f"{'' if auth else ' (no auth: loopback only)'}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # Live pages hold their event streams open: on Ctrl-C, wait for them 2 s, not for ever.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
     return 0
 
 

@@ -20,7 +20,7 @@ import time
 from datetime import timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from sqlalchemy import create_engine, event, func, inspect, select, text
+from sqlalchemy import create_engine, event, func, inspect, select, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -366,43 +366,58 @@ class Store:
 
     # --- inbox ------------------------------------------------------------------------------
     @_retrying
-    def post_command(self, command: dict[str, Any]) -> None:
+    def post_command(self, command: dict[str, Any]) -> int:
         with Session(self.engine) as s, s.begin():
-            s.add(InboxRow(campaign_id=self.campaign_id, command=command, created_at=utcnow()))
+            row = InboxRow(campaign_id=self.campaign_id, command=command, created_at=utcnow())
+            s.add(row)
+            s.flush()
+            return row.id
+
+    @_retrying
+    def claim(self, command_id: int) -> bool:
+        """The conductor takes a command up (False: an operator withdrew it first). A claimed command
+        not yet consumed is delivered again after a crash."""
+        with Session(self.engine) as s, s.begin():
+            taken = s.execute(update(InboxRow).where(InboxRow.id == command_id, InboxRow.withdrawn_at.is_(None))
+                              .values(claimed_at=utcnow()))
+            return taken.rowcount == 1
+
+    @_retrying
+    def withdraw(self, command_id: int, by: str) -> bool:
+        """Take back a command the conductor has not taken up (False: it has, or there is no such one)."""
+        with Session(self.engine) as s, s.begin():
+            now = utcnow()
+            taken = s.execute(update(InboxRow).where(
+                InboxRow.id == command_id, InboxRow.campaign_id == self.campaign_id, InboxRow.claimed_at.is_(None),
+                InboxRow.consumed_at.is_(None)).values(withdrawn_at=now, withdrawn_by=by, consumed_at=now))
+            return taken.rowcount == 1
 
     def take_commands(self) -> list[dict[str, Any]]:
         with Session(self.engine) as s, s.begin():
-            rows = s.scalars(
-                select(InboxRow)
-                .where(InboxRow.campaign_id == self.campaign_id, InboxRow.consumed_at.is_(None))
-                .order_by(InboxRow.id)
-            ).all()
+            rows = s.scalars(self._unconsumed).all()
             now = utcnow()
             for row in rows:
                 row.consumed_at = now
             return [dict(r.command) for r in rows]
 
+    @property
+    def _unconsumed(self) -> Any:
+        return (select(InboxRow).where(InboxRow.campaign_id == self.campaign_id, InboxRow.consumed_at.is_(None))
+                .order_by(InboxRow.id))
+
     @_retrying
     def pending_commands(self) -> list[tuple[int, Any]]:
         """Unconsumed commands with their ids, left in the inbox until `consume`."""
         with Session(self.engine) as s:
-            rows = s.scalars(
-                select(InboxRow)
-                .where(InboxRow.campaign_id == self.campaign_id, InboxRow.consumed_at.is_(None))
-                .order_by(InboxRow.id)
-            ).all()
+            rows = s.scalars(self._unconsumed).all()
             return [(r.id, r.command) for r in rows]  # as stored: the conductor refuses what is not a command
 
     @_retrying
     def queued_commands(self) -> list[dict[str, Any]]:
         """What operators posted and the conductor has not carried out yet, as `athanor status` lists it."""
         with Session(self.engine) as s:
-            rows = s.scalars(
-                select(InboxRow)
-                .where(InboxRow.campaign_id == self.campaign_id, InboxRow.consumed_at.is_(None))
-                .order_by(InboxRow.id)
-            ).all()
-            return [{"command_id": r.id, "posted_at": r.created_at.isoformat(),
+            rows = s.scalars(self._unconsumed).all()
+            return [{"command_id": r.id, "posted_at": r.created_at.isoformat(), "claimed": r.claimed_at is not None,
                      **({k: v for k, v in r.command.items() if k != "transcript"} if isinstance(r.command, dict)
                         else {"malformed": str(r.command)[:300]})} for r in rows]
 

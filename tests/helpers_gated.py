@@ -69,3 +69,12 @@ def make_gated_run(tmp_path: Path, waiting: int = 3) -> Path:
         store.append(ApprovalRequest(**env(f"S{i:04d}"), policy="always", reason="every proposal waits"))
     store.close()
     return tmp_path
+
+
+def inbox(run_dir: Path) -> list:
+    """The commands posted to the gated campaign and not yet carried out."""
+    store = Store(f"sqlite:///{run_dir}/campaign.db", CAMP)
+    try:
+        return [c for _, c in store.pending_commands()]
+    finally:
+        store.close()

@@ -14,15 +14,7 @@ from athanor.chat_model import DeterministicChatModel, make_model
 from athanor.commands import validate_inputs
 from athanor.messages import ApprovalDecision, SynthesisRecipe
 from athanor.store import Store
-from helpers_gated import CAMP, env, make_gated_run
-
-def inbox(run_dir):
-    store = Store(f"sqlite:///{run_dir}/campaign.db", CAMP)
-    try:
-        return [c for _, c in store.pending_commands()]
-    finally:
-        store.close()
-
+from helpers_gated import CAMP, env, inbox, make_gated_run
 
 def scripted(*messages):
     return FakeMessagesListChatModel(responses=list(messages))
@@ -345,7 +337,7 @@ def test_session_binds_tools_of_a_tool_calling_model(run_dir):
     session = open_session(run_dir, "ada", DeterministicChatModel())
     assert isinstance(session, ChatSession)
     assert set(session.tools) == {"status", "list_pending", "explain", "hold", "approve", "reject", "edit", "pause",
-                                  "resume", "set_batch_size"}
+                                  "resume", "set_batch_size", "undo"}
     schema = session.tools["approve"].args_schema.model_json_schema()
     assert "sample_ids" in schema["properties"]
 
@@ -367,3 +359,13 @@ def test_cli_chat_message_mode_decides_as_the_named_user(run_dir, capsys):
     assert main(["chat", str(run_dir), "-m", "status"]) == 0
     assert main(["chat", str(run_dir / "nowhere"), "-m", "status"]) == 2
     assert capsys.readouterr().err.startswith("athanor: error:")
+
+
+def test_undo_takes_back_what_the_chat_last_carried_out(run_dir):
+    session = open_session(run_dir, "ada", DeterministicChatModel())
+    assert session.send("undo").outcome == "refused"  # nothing yet
+    assert session.send("approve 3").outcome == "done" and len(inbox(run_dir)) == 1
+    undone = session.send("undo")
+    assert undone.outcome == "answered" and "withdrew approve S0003" in undone and inbox(run_dir) == []
+    assert session.send("undo").outcome == "refused"
+    assert session.send("approve 4; undo").outcome == "not_understood" and inbox(run_dir) == []

@@ -12,6 +12,7 @@ import pytest
 from athanor.campaign import execute, open_run, prepare
 from athanor.chat import chat_once
 from conftest import write_campaign
+from helpers_live import start
 
 pytestmark = pytest.mark.slow
 
@@ -19,10 +20,7 @@ pytestmark = pytest.mark.slow
 def test_campaign_under_always_finishes_when_an_operator_approves_in_chat(tmp_path, ray_address):
     config = write_campaign(tmp_path / "gated.yaml", budget=4, batch_size=2, approval="always")
     out = tmp_path / "run"
-    store, spec = prepare(config, out, ray_address=ray_address)
-    result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(summary=execute(store, spec, out)))
-    runner.start()
+    runner, result = start(config, out, ray_address)
     replies = []
     deadline = time.monotonic() + 120
     while runner.is_alive() and time.monotonic() < deadline:

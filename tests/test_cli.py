@@ -95,7 +95,8 @@ def test_always_policy_waits_for_operators_while_the_lab_works(tmp_path, ray_add
     rejected = next(a for a in report["approvals"] if a["sample_id"] == "S0003")
     assert rejected["reason"] == "too close to S0001"
     text = athanor("status", str(out)).stdout
-    assert "S0003 rejected (too close to S0001) by ada via cli" in text
+    assert f"S0003 rejected (too close to S0001) by ada (login {rejected['login']}) via cli" in text
+    assert rejected["login"] and rejected["authenticated"] is False  # a name given, not vouched for
 
 
 def test_command_line_overrides_are_validated(tmp_path):

@@ -194,3 +194,49 @@ def test_an_edit_in_a_pool_space_must_land_on_an_unclaimed_row(tmp_path):
     with pytest.raises(AthanorError, match="is not a finite number"):
         commands.edit(store, spec, "S0002", {P3HT_INPUTS[0]: "lots"}, "ada")
 
+
+
+def test_a_decision_is_withdrawn_until_the_conductor_takes_it_up(run_dir, capsys):
+    from athanor.cli import main
+
+    c = conductor(run_dir)
+    store, spec = c.store, c.spec
+    first, second = commands.decide(store, spec, ["S0003"], True, "ada"), commands.decide(store, spec, ["S0004"], True, "ada")
+    queued = {q["sample_id"]: q["command_id"] for q in store.queued_commands()}
+    assert first == ["S0003"] and second == ["S0004"] and not any(q["claimed"] for q in store.queued_commands())
+    with pytest.raises(AthanorError, match="viewers read"):
+        commands.withdraw(store, [queued["S0003"]], commands.Operator("vic", role="viewer"))
+    withdrawn, problems = commands.withdraw(store, [queued["S0003"], 999], "bob")
+    assert [w["sample_id"] for w in withdrawn] == ["S0003"] and "command 999 is not waiting" in problems[0]
+    assert main(["withdraw", str(run_dir), str(queued["S0003"])]) == 2  # gone already: said, exit 2
+    assert "is not waiting" in capsys.readouterr().err
+    c._consume_inbox()
+    assert store.sample("S0003")["awaiting_approval"] and store.sample("S0004")["state"] != "proposed"
+    assert [a["sample_id"] for a in store.approvals() if a["channel"] == "cli"] == ["S0004"]
+    assert main(["withdraw", str(run_dir), str(queued["S0004"])]) == 2  # carried out: it stands
+
+
+def test_claim_and_withdraw_race_has_one_winner(run_dir):
+    import threading
+
+    store, spec = open_run(run_dir)
+    for _ in range(30):
+        (command_id,) = commands.post(store, spec, [commands.control_command("pause", "ada")])
+        results: dict[str, bool] = {}
+        start = threading.Barrier(2)
+
+        def claim():
+            start.wait()
+            results["claim"] = store.claim(command_id)
+
+        def withdraw():
+            start.wait()
+            results["withdraw"] = store.withdraw(command_id, "bob")
+
+        threads = [threading.Thread(target=claim), threading.Thread(target=withdraw)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results["claim"] != results["withdraw"], results
+        store.consume(command_id)

@@ -8,18 +8,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from athanor.campaign import execute, open_run, prepare
+from athanor.campaign import open_run
 from athanor.ioc import free_port
-from athanor.chat import chat_once
 from athanor.users import Users
 from conftest import write_campaign
+from helpers_live import drive_to_the_end, start
 from helpers_proc import wait_for
 
 pytestmark = pytest.mark.slow
@@ -31,18 +29,11 @@ def live_campaign(tmp_path, ray_address):
     """A campaign under `always` running in this process: proposals wait for an operator."""
     config = write_campaign(tmp_path / "gated.yaml", budget=4, batch_size=2, approval="always")
     out = tmp_path / "run"
-    store, spec = prepare(config, out, ray_address=ray_address)
-    result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(summary=execute(store, spec, out)))
-    runner.start()
+    runner, result = start(config, out, ray_address)
     try:
         yield out, result
-    finally:  # approve whatever still waits, so no campaign is left waiting in the shared Ray instance
-        deadline = time.monotonic() + 120
-        while runner.is_alive() and time.monotonic() < deadline:
-            chat_once(out, "approve all", user="cleanup", confirmed=True)
-            time.sleep(0.3)
-        runner.join(timeout=10)
+    finally:
+        drive_to_the_end(out, runner, user="cleanup")
 
 
 @pytest.fixture

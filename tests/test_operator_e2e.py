@@ -3,7 +3,6 @@ the chat; the lab kept busy while proposals wait; the rules judging recipes' cos
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from athanor.chat import chat_once
 from athanor.cli import main
 from athanor.pool import load_pool
 from conftest import DATA, P3HT_INPUTS, P3HT_OBJECTIVE, ROOT, write_campaign
+from helpers_live import drive_to_the_end, start
 
 pytestmark = pytest.mark.slow
 
@@ -39,34 +39,6 @@ def wait_for(condition, what: str, timeout: float = 90.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
-
-
-def start(config: Path, out: Path, ray_address: str) -> tuple[threading.Thread, dict]:
-    store, spec = prepare(config, out, ray_address=ray_address)
-    result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(summary=execute(store, spec, out)))
-    runner.start()
-    return runner, result
-
-
-def drive_to_the_end(out: Path, runner: threading.Thread, user: str = "ada", timeout: float = 120.0) -> None:
-    """Approve whatever waits until the campaign ends (also after a failed assertion, so that a
-    failing test does not leave a campaign waiting in the shared Ray instance)."""
-    deadline = time.monotonic() + timeout
-    while runner.is_alive() and time.monotonic() < deadline:
-        chat_once(out, "resume", user=user) if state_paused(out) else chat_once(out, "approve all pending", user=user,
-                                                                                 confirmed=True)
-        time.sleep(0.3)
-    runner.join(timeout=10)
-
-
-def state_paused(out: Path) -> bool:
-    """Paused, with no resume on its way."""
-    store, _ = open_run(out)
-    try:
-        return store.controls()["paused"] and not any(c["action"] == "resume" for _, c in store.pending_commands())
-    finally:
-        store.close()
 
 
 def state(out: Path) -> dict[str, dict]:
@@ -141,7 +113,8 @@ def test_scripted_operator_edits_pauses_and_resizes_a_running_campaign(tmp_path,
 
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "S0001 revised to Fe=0.7, Co=0.3 (closer to the Slater-Pauling peak) by carol via chat" in text
+    login = store.approvals()[0]["login"]  # the account the chat ran as, beside the name it was given
+    assert f"S0001 revised to Fe=0.7, Co=0.3 (closer to the Slater-Pauling peak) by carol (login {login}) via chat" in text
     assert "batch size 1" in text and "chat session" in text
 
 

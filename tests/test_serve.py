@@ -13,9 +13,8 @@ from athanor.cli import main
 from athanor.lineage import pareto_front
 from athanor.serve import CSRF_HEADER, create_app
 from athanor.spec import parse_campaign
-from athanor.store import Store
 from athanor.users import Users
-from helpers_gated import CAMP
+from helpers_gated import CAMP, inbox
 
 API = f"/api/campaigns/{CAMP}"
 
@@ -30,14 +29,6 @@ def lab(run_dir, tmp_path):
 
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
-
-
-def inbox(run_dir):
-    store = Store(f"sqlite:///{run_dir}/campaign.db", CAMP)
-    try:
-        return [c for _, c in store.pending_commands()]
-    finally:
-        store.close()
 
 
 def test_reads_and_writes_need_a_valid_token(lab):
@@ -99,6 +90,19 @@ def test_status_lists_the_commands_not_yet_carried_out(lab, capsys):
     assert {k: queued[k] for k in ("action", "sample_id", "user", "channel", "authenticated")} == \
         {"action": "approve", "sample_id": "S0005", "user": "ada", "channel": "web", "authenticated": True}
     assert queued["posted_at"] and "transcript" not in queued
+
+
+def test_a_queued_decision_is_withdrawn_from_the_page(lab):
+    client, tokens, _, run_dir = lab
+    ada = bearer(tokens["ada"])
+    queued = client.post(f"{API}/approve", json={"samples": ["S0003"]}, headers=ada).json()["queued_commands"]
+    (command_id,) = [q["command_id"] for q in queued]
+    assert client.post(f"{API}/withdraw", json={"commands": [command_id]}, headers=bearer(tokens["vic"])).status_code == 403
+    response = client.post(f"{API}/withdraw", json={"commands": [command_id]}, headers=ada)
+    assert response.status_code == 200 and response.json()["withdrawn"] == [command_id] and inbox(run_dir) == []
+    again = client.post(f"{API}/withdraw", json={"commands": [command_id]}, headers=ada)
+    assert again.status_code == 409 and "is not waiting" in again.json()["detail"]
+    assert client.post(f"{API}/withdraw", json={"commands": ["1"]}, headers=ada).status_code == 422
 
 
 def test_a_cookie_session_needs_the_csrf_header_to_write(lab):
