@@ -179,12 +179,13 @@ class _Parser:
 
     def fail(self, token: _Token | None, what: str = "") -> NotUnderstood:
         if token is None:
-            return NotUnderstood(f"{what or 'the command is incomplete'} in {self.seg.strip()!r}")
+            return NotUnderstood(f"{what or 'the command is incomplete'} in {_short(self.seg)}")
         word = self.seg[token.start:token.end]
         if token.text in _CONDITIONS:
-            return NotUnderstood(f"I cannot check conditions ({word!r} in {self.seg.strip()!r}): say exactly which "
-                                 "samples, and nothing was done")
-        return NotUnderstood(f"I did not understand {word!r} in {self.seg.strip()!r}" + (f": {what}" if what else ""))
+            return NotUnderstood(f"I cannot check conditions ({_short(word, 40)} in {_short(self.seg)}): say "
+                                 "exactly which samples, and nothing was done")
+        return NotUnderstood(f"I did not understand {_short(word, 40)} in {_short(self.seg)}"
+                             + (f": {what}" if what else ""))
 
     def skip(self, words: set[str]) -> None:
         while self.peek() is not None and self.peek().text in words and self.peek().kind != "id":
@@ -244,7 +245,7 @@ class _Parser:
         if not everything and excepted:
             ids = [i for i in ids if i not in excepted]
             if not ids:
-                raise NotUnderstood(f"nothing is left to approve in {self.seg.strip()!r}")
+                raise NotUnderstood(f"nothing is left to approve in {_short(self.seg)}")
         parsed.calls.append(call("approve", sample_ids=ids, all_pending=everything,
                                  except_ids=excepted if everything else []))
 
@@ -264,7 +265,7 @@ class _Parser:
         reason = re.sub(r"^\s*(?:[:,\-–—]|because\b|since\b|as\b)\s*", "", reason, flags=re.I).strip()
         if not reason:
             raise NotUnderstood(f"a rejection needs a reason, e.g. 'reject {ids[0]}: too much Pb' "
-                                f"(in {self.seg.strip()!r})")
+                                f"(in {_short(self.seg)})")
         self._reason_is_no_command(reason)
         parsed.calls.append(call("reject", sample_ids=ids, reason=reason))
 
@@ -281,7 +282,7 @@ class _Parser:
         reason = re.sub(r"^(?::|because\b)\s*", "", tail, flags=re.I)
         if not inputs or (tail and reason == tail):
             raise NotUnderstood(f"an edit is 'edit 3 NAME=VALUE ... [because REASON]'; I did not understand "
-                                f"{(tail or 'the missing NAME=VALUE')!r} in {self.seg.strip()!r}")
+                                f"{_short(tail or 'the missing NAME=VALUE')} in {_short(self.seg)}")
         self._reason_is_no_command(reason)
         parsed.calls.append(call("edit", sample_id=target, inputs=inputs, reason=reason.strip()))
 
@@ -332,7 +333,7 @@ class _Parser:
                 last = int(self.peek(1).text)
                 self.i += 2
                 if last < first:
-                    raise NotUnderstood(f"the range {first} to {last} runs backwards in {self.seg.strip()!r}")
+                    raise NotUnderstood(f"the range {first} to {last} runs backwards in {_short(self.seg)}")
             if last - first + len(out) >= MAX_IDS:
                 raise NotUnderstood(f"a message may name at most {MAX_IDS} samples")
             out += range(first, last + 1)
@@ -346,7 +347,7 @@ class _Parser:
         return [sample_id(n) for n in dict.fromkeys(out)]
 
     def _one_only(self) -> list[str]:
-        raise NotUnderstood(f"name one sample here, in {self.seg.strip()!r}")
+        raise NotUnderstood(f"name one sample here, in {_short(self.seg)}")
 
     def rest(self) -> str:
         """The raw text from the current token to the end of the segment (a reason, an edit's body)."""
@@ -356,8 +357,14 @@ class _Parser:
 
     def _reason_is_no_command(self, reason: str) -> None:
         if _LOOKS_LIKE_A_COMMAND.search(reason):
-            raise NotUnderstood(f"the reason {reason!r} reads like another command; put ';' between a reason "
+            raise NotUnderstood(f"the reason {_short(reason)} reads like another command; put ';' between a reason "
                                 "and the next command")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """Part of the operator's message, quoted in a refusal: enough to find it, never the whole of a long one."""
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[:limit - 1] + "…")
 
 
 def _value(raw: str) -> Any:
