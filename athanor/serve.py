@@ -127,7 +127,8 @@ def create_app(folders: list[str | Path], auth: bool = True, users: Users | None
         """A reader whose request may change something: a cookie (or no auth) needs the CSRF header too."""
         who = reader(request)
         csrf = identify(request)[1]  # type: ignore[index]
-        if csrf is not None and not secrets.compare_digest(request.headers.get(CSRF_HEADER, ""), csrf):
+        sent = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogateescape")  # bytes: any header compares
+        if csrf is not None and not secrets.compare_digest(sent, csrf.encode()):
             raise HTTPException(403, f"the {CSRF_HEADER} header is missing or wrong")
         return who
 

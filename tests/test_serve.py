@@ -116,7 +116,8 @@ def test_a_cookie_session_needs_the_csrf_header_to_write(lab):
     assert me["user"] == "ada" and me["can_decide"] and me["csrf"]
     assert "Awaiting approval" in client.get("/").text
     assert client.post(f"{API}/approve", json={"samples": ["S0003"]}).status_code == 403  # no CSRF header
-    assert client.post(f"{API}/approve", json={"samples": ["S0003"]}, headers={CSRF_HEADER: "forged"}).status_code == 403
+    for forged in ("forged", me["csrf"][:-1], "é".encode() * 20):
+        assert client.post(f"{API}/approve", json={"samples": ["S0003"]}, headers={CSRF_HEADER: forged}).status_code == 403
     assert inbox(run_dir) == []
     ok = client.post(f"{API}/approve", json={"samples": ["S0003"]}, headers={CSRF_HEADER: me["csrf"]})
     assert ok.status_code == 200 and inbox(run_dir)[0]["user"] == "ada"
