@@ -98,6 +98,7 @@ def prepare(config: str | Path, out: str | Path, resume: bool = False, seed: int
     if (out / RUN_FILE).exists():
         raise AthanorError(f"{out} already holds a campaign: pass --resume to continue it, or choose another --out")
     spec = _with_overrides(load_campaign(config), seed, max_experiments, approval, ray_address, wall_time_s)
+    _check_lab_address(spec)
     out.mkdir(parents=True, exist_ok=True)
     campaign_id = f"{spec.campaign}-{uuid.uuid4().hex[:8]}"
     url = spec.store_url or f"sqlite:///{(out / 'campaign.db').resolve()}"
@@ -118,11 +119,16 @@ def execute(store: Store, spec: Campaign, out: str | Path,
     from athanor.conductor import Conductor
     from athanor.runtime import connect, start_agents, stop_agents
 
+    _check_lab_address(spec)
     try:
         started_ray = connect(spec.ray_address)
         try:
-            with channel_access(spec, Path(out)) as environment:
-                agents = start_agents(spec, store.campaign_id, store.url, environment)
+            with contextlib.ExitStack() as stack:
+                dispatch = None
+                if spec.lab is not None:
+                    spec, dispatch = _on_lab(stack, spec, store)
+                environment = stack.enter_context(channel_access(spec, Path(out)))
+                agents = start_agents(spec, store.campaign_id, store.url, environment, dispatch)
                 conductor = Conductor(spec, store, agents, previous_wall_s=store.wall_time_s(), on_progress=on_progress)
                 try:
                     status = asyncio.run(conductor.run())
@@ -134,6 +140,23 @@ def execute(store: Store, spec: Campaign, out: str | Path,
         return write_outputs(store, spec, Path(out), status)
     finally:
         store.release_lease()
+
+
+def _check_lab_address(spec: Campaign) -> None:
+    if spec.lab is not None and not (spec.ray_address or os.environ.get("RAY_ADDRESS")):
+        raise AthanorError(f"campaign {spec.campaign!r} runs on lab {spec.lab!r}: pass --ray-address, the address "
+                           "of the Ray cluster where `athanor lab serve` serves it")
+
+
+def _on_lab(stack: contextlib.ExitStack, spec: Campaign, store: Store) -> tuple[Campaign, Any]:
+    """Join the campaign's lab for the length of `stack`; the campaign with the lab's instruments."""
+    from athanor.labservice import joined
+
+    resolved, dispatch, reply = stack.enter_context(joined(spec, store.campaign_id, store.url))
+    store.append(CampaignEvent(campaign_id=store.campaign_id, sender="conductor", event="lab_joined",
+                               detail={"lab": spec.lab, "policy": reply["policy"], "nodes": reply["nodes"],
+                                       "quarantined": reply["quarantined"]}))
+    return resolved, dispatch
 
 
 @contextlib.contextmanager

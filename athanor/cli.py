@@ -62,8 +62,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from athanor.lab import is_lab_file, load_lab
     from athanor.spec import load_campaign
 
+    if is_lab_file(args.config):
+        lab = load_lab(args.config)
+        pinned = sum(i.node_resource is not None for i in lab.instruments)
+        print(f"{args.config}: ok — lab {lab.lab!r}, {len(lab.instruments)} instruments ({pinned} pinned to a node), "
+              f"scheduler {lab.scheduler}")
+        return 0
     spec = load_campaign(args.config)
     print(f"{args.config}: ok — campaign {spec.campaign!r}, {len(spec.space.input_names)} inputs, "
           f"{len(spec.objectives)} objective(s), budget {spec.budget.experiments} experiments")
@@ -346,6 +353,9 @@ def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
     from athanor.users import add_parser as add_users_parser
 
     add_users_parser(sub)
+    from athanor.lab import add_parser as add_lab_parser
+
+    add_lab_parser(sub)
 
     world = sub.add_parser("world", help="simulated worlds")
     world_sub = world.add_subparsers(dest="world_command", required=True)

@@ -158,7 +158,7 @@ def problems(command: OperatorCommand, samples: Sequence[dict[str, Any]], spec: 
             out.append(f"the batch size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {n!r}")
     elif command.action == "restore":
         names = [i.name for i in spec.instruments]
-        if command.instrument not in names:
+        if spec.lab is None and command.instrument not in names:  # a lab's instruments: the conductor knows them
             out.append(f"no instrument {command.instrument!r} in this campaign; the instruments are {', '.join(names)}")
     return out
 

@@ -13,10 +13,10 @@ start, updated from what each append changed), so a loop turn costs the same at 
 sample as at the first: it reads the store again only for the inbox. Agents that need history get
 each finished sample once (`Feeds`), never the whole campaign per call.
 
-Instruments: several per role form a pool. A step goes to an instrument of its role in service, an
-idle one first; an instrument holds at most `QUEUE_DEPTH` steps (the one it runs and the next, which
-starts the moment the first ends: the lab does not wait on the conductor's turnaround), and runs them
-one at a time. An instrument that does not answer, or is lost mid-step, `quarantine_after` times in a
+Instruments: several per role form a pool, the campaign's own or a lab's shared with other campaigns
+(athanor/dispatch.py). A step goes to an instrument of its role in service, an idle one first; an
+instrument holds at most `QUEUE_DEPTH` steps (the one it runs and the next, which starts the moment the
+first ends: the lab does not wait on the conductor's turnaround), and runs them one at a time. An instrument that does not answer, or is lost mid-step, `quarantine_after` times in a
 row is taken out of service until an operator restores it.
 
 Exactly once at the instrument: the step's intent is logged when the step is handed to the
@@ -33,10 +33,9 @@ once those are finished, so the same seed gives the same campaign however the st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
 
@@ -44,7 +43,8 @@ from athanor.approval import rule_failures
 from athanor.commands import OperatorCommand, describe, pool_row, problems
 from athanor.feeds import Feeds, observation
 from athanor.documents import run_outcome
-from athanor.recovery import interrupt, quarantined, reconcile
+from athanor.dispatch import QUEUE_DEPTH, PoolDispatch  # noqa: F401 -- QUEUE_DEPTH: what tests and benchmarks read
+from athanor.recovery import interrupt, judge, quarantined, reconcile
 from athanor.lease import HEARTBEAT_S
 from athanor.messages import (
     ApprovalDecision,
@@ -68,7 +68,6 @@ from athanor.store import Store
 
 ACTIVE = ("approved", "planned", "synthesized", "characterized")
 POLL_S = 0.25  # how often the inbox is read while nothing else happens
-QUEUE_DEPTH = 2  # steps an instrument holds at once: the one it runs, and the next
 HEAVY = ("recipe", "product", "candidate", "uncertainties")  # what no one needs of a finished sample
 
 
@@ -89,12 +88,11 @@ class Conductor:
         self._paused_since = time.monotonic()
         self.batch_size = spec.batch_size
         self._beat = 0.0
-        # Instruments: a step goes to a free one of its role that is in service.
-        self.handed: Counter[str] = Counter()  # instrument -> steps handed to it and not yet returned
-        self.steps_handed: Counter[str] = Counter()  # instrument -> steps handed to it this session
+        # Instruments: the campaign's own pool, or a lab's scheduler (athanor/dispatch.py).
         self.quarantined: dict[str, str] = {}  # instrument -> why it is out of service
         self.lost_in_a_row: Counter[str] = Counter()
-        self._freed: asyncio.Condition | None = None
+        lab = agents.dispatch if agents is not None else None
+        self.dispatch = lab or PoolDispatch(spec, agents.instruments if agents is not None else {}, self.quarantined)
         # The campaign in memory: every sample, the ones not finished, and running tallies.
         self.samples: dict[str, dict[str, Any]] = {}
         self.open: dict[str, dict[str, Any]] = {}
@@ -149,7 +147,7 @@ class Conductor:
                                 detail={"budget": self.spec.budget.experiments,
                                         "approval": self.spec.approval.policy}))
         self.intents = self.store.last_intents(list(self.open))
-        self.quarantined = quarantined(self.store.events(kind="campaign_event"))
+        self.quarantined.update(quarantined(self.store.events(kind="campaign_event")))
         self.interrupted_keys = {e.idempotency_key for e in self.store.events(kind="step_interrupted")}
         if resumed:
             await reconcile(self)
@@ -335,8 +333,7 @@ class Conductor:
         if command.action == "restore":
             self.quarantined.pop(command.instrument, None)
             self.lost_in_a_row[command.instrument] = 0
-            if self._freed is not None:
-                asyncio.get_running_loop().create_task(self._wake())
+            asyncio.get_running_loop().create_task(self.dispatch.restore(command.instrument))
             self._log(CampaignEvent(**self._env(), event="instrument_restored",
                                     detail={**detail, "instrument": command.instrument}))
             return
@@ -383,31 +380,32 @@ class Conductor:
         self._log(request, reply)  # planning is replayed after a crash: the request need not go first
 
     async def _synthesize(self, s: dict[str, Any]) -> None:
-        async with self._instrument("synthesis") as name:
-            key = self._intent(s["id"], "synthesize", name)
-            raw = await self._call_raw("synthesize", s["id"],
-                                       lambda: self.agents.instruments[name].run.remote(s["recipe"], key))
-        if not self._reached(s, "synthesize", name, raw):
+        async with self.dispatch.slot("synthesis", s["id"], "synthesize") as slot:
+            key = self._intent(s["id"], "synthesize", slot.name)
+            raw = await self._call_raw("synthesize", s["id"], lambda: slot.run(s["recipe"], key))
+        if not await self._reached(s, "synthesize", slot.name, raw):
             return
         self._log(self._checked(raw["message"], "synthesize", s["id"]))
 
     async def _characterize(self, s: dict[str, Any]) -> None:
-        async with self._instrument("characterization") as name:
-            request = CharacterizationRequest(**self._env(s["id"]), product=s["product"], probe=name)
-            key = self._intent(s["id"], "characterize", name, request)
-            raw = await self._call_raw("characterize", s["id"],
-                                       lambda: self.agents.instruments[name].run.remote(to_wire(request), key))
-        if not self._reached(s, "characterize", name, raw):
+        async with self.dispatch.slot("characterization", s["id"], "characterize") as slot:
+            request = CharacterizationRequest(**self._env(s["id"]), product=s["product"], probe=slot.name)
+            key = self._intent(s["id"], "characterize", slot.name, request)
+            raw = await self._call_raw("characterize", s["id"], lambda: slot.run(to_wire(request), key))
+        name = slot.name
+        if not await self._reached(s, "characterize", name, raw):
             return
         if raw["message"] is not None:  # the probe itself failed
             self._log(self._checked(raw["message"], "characterize", s["id"]))
             return
         await self._interpret(s["id"], request.id, name, raw["documents"], raw["duration_s"])
 
-    def _reached(self, s: dict[str, Any], step: str, name: str, raw: Any) -> bool:
+    async def _reached(self, s: dict[str, Any], step: str, name: str, raw: Any) -> bool:
         """Whether the instrument's reply is a step's outcome. If it did not answer, the step goes back to
-        wait for an instrument; if the control system lost it mid-step, the step is interrupted (its
-        `on_interrupted` policy decides). Either counts toward taking the instrument out of service."""
+        wait for an instrument; if it was lost mid-step (the control system lost it, or its node was
+        lost), the step is judged from the documents its run stored, as after a crash: recovered if the
+        run finished, else interrupted (its `on_interrupted` policy decides). Either counts toward taking
+        the instrument out of service; a lab takes an instrument whose node was lost out at once."""
         if isinstance(raw, Fault):
             self._log(raw)
             return False
@@ -417,18 +415,23 @@ class Conductor:
             return True
         self.lost_in_a_row[name] += 1
         if lost is not None:
-            outcome = run_outcome(raw["documents"])
-            interrupt(self, s, step, self.intents[(s["id"], step)], outcome, lost)
+            intent = self.intents[(s["id"], step)]
+            outcome = run_outcome(raw["documents"] or self.store.step_documents(intent.idempotency_key))
+            if outcome.state in ("finished", "never_started"):  # done after all, or never begun: as on resume
+                await judge(self, s, step, intent, outcome, lost)
+            else:  # a run the instrument closed as failed when it lost control is still an interruption
+                interrupt(self, s, step, intent, outcome, lost)
         else:
             self._log(CampaignEvent(**self._env(s["id"]), event="instrument_unavailable",
                                     detail={"instrument": name, "step": step, "reason": raw["unavailable"]}))
         limit = self.spec.instrument_named(name).quarantine_after
-        if self.lost_in_a_row[name] >= limit and name not in self.quarantined:
+        if (raw.get("quarantined") or self.lost_in_a_row[name] >= limit) and name not in self.quarantined:
             n = self.lost_in_a_row[name]
-            why = f"{n} step{'s' if n > 1 else ''} lost in a row; last: {lost or raw['unavailable']}"
+            why = raw.get("quarantined") or f"{n} step{'s' if n > 1 else ''} lost in a row; last: {lost or raw['unavailable']}"
             self.quarantined[name] = why
             self._log(CampaignEvent(**self._env(), event="instrument_quarantined",
                                     detail={"instrument": name, "reason": why}))
+            await self.dispatch.quarantine(name, why)
         return False
 
     async def _interpret(self, sample_id: str, causation_id: str | None, instrument: str, documents: Any,
@@ -455,34 +458,10 @@ class Conductor:
         return {"campaign_id": self.store.campaign_id, "sample_id": sample_id,
                 "causation_id": causation_id, "sender": self.sender}
 
-    @contextlib.asynccontextmanager
-    async def _instrument(self, role: str) -> AsyncIterator[str]:
-        """An instrument of `role` in service with room for this step (waits until there is one)."""
-        if self._freed is None:
-            self._freed = asyncio.Condition()
-        async with self._freed:
-            name = await self._freed.wait_for(lambda: self._free(role))
-            self.handed[name] += 1
-            self.steps_handed[name] += 1
-        try:
-            yield name
-        finally:
-            async with self._freed:
-                self.handed[name] -= 1
-                self._freed.notify_all()
-
-    async def _wake(self) -> None:
-        async with self._freed:
-            self._freed.notify_all()
-
-    def _free(self, role: str) -> str | None:
-        """The instrument of `role` to hand a step to: an idle one before one that is busy with a single
-        step (the next step then waits in its queue and starts the moment the current one ends, with no
-        round trip through the conductor), the least used first (so all of a pool get used); None if
-        every one in service has a step running and one queued."""
-        ready = [i.name for i in self.spec.instruments if i.role == role and i.name not in self.quarantined
-                 and self.handed[i.name] < QUEUE_DEPTH]
-        return min(ready, key=lambda n: (self.handed[n], self.steps_handed[n]), default=None)
+    @property
+    def steps_handed(self) -> Counter[str]:
+        """Instrument -> steps handed to it this session."""
+        return self.dispatch.steps_handed
 
     def _intent(self, sample_id: str, step: str, target: str, *before: Message) -> str:
         """Log that `target` begins `step` now (after `before`, in the same transaction); its key."""

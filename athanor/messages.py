@@ -63,11 +63,12 @@ class Candidate(BaseModel):
 class CampaignEvent(Envelope):
     """Start, resume and end of a campaign (with the status it ended in), an operator's pause, unpause or
     change of batch size (with who, through which channel, in `detail`), and an instrument that did not
-    answer, was taken out of service or put back (`detail`: instrument, reason, by)."""
+    answer, was taken out of service or put back (`detail`: instrument, reason, by), and the lab a
+    campaign borrows its instruments from (`lab_joined`; `detail`: lab, policy, instrument -> node)."""
 
     kind: Literal["campaign_event"] = "campaign_event"
     event: Literal["started", "resumed", "paused", "unpaused", "batch_size_set", "lease_taken_over", "ended",
-                   "instrument_unavailable", "instrument_quarantined", "instrument_restored"]
+                   "instrument_unavailable", "instrument_quarantined", "instrument_restored", "lab_joined"]
     status: str | None = None
     detail: dict[str, Any] = {}
 

@@ -28,18 +28,26 @@ async def reconcile(conductor: Any) -> None:
         if intent is None or s["awaiting_approval"] or intent.idempotency_key in conductor.interrupted_keys:
             continue  # never begun (the loop dispatches it), or already judged interrupted
         outcome = run_outcome(conductor.store.step_documents(intent.idempotency_key))
-        if outcome.state == "never_started":
-            continue
-        if outcome.state == "failed":
-            conductor._log(Fault(**conductor._env(s["id"]), step=step, error=f"{outcome.reason} (found on resume)"))
-        elif outcome.state == "finished" and step == "synthesize":
-            conductor._log(_recovered_synthesis(conductor, s["id"], intent, outcome))
-        elif outcome.state == "finished":
-            request = next(iter(conductor.store.events(s["id"], kind="characterization_request")[-1:]), None)
-            await conductor._interpret(s["id"], request.id if request else None, intent.target,
-                                       outcome.documents, _duration(outcome.documents))
-        else:
-            interrupt(conductor, s, step, intent, outcome, f"{outcome.reason} on {intent.target}")
+        await judge(conductor, s, step, intent, outcome, f"{outcome.reason} on {intent.target}")
+
+
+async def judge(conductor: Any, s: dict[str, Any], step: str, intent: StepIntent, outcome: Any,
+                interrupted_because: str) -> None:
+    """What a begun step's stored documents say happened to it, logged: nothing if it never started (it
+    is dispatched again under the same key), its failure, its result recovered, or its interruption."""
+    if outcome.state == "never_started":
+        return
+    if outcome.state == "failed":
+        conductor._log(Fault(**conductor._env(s["id"]), step=step, error=f"{outcome.reason} (found on resume)"))
+    elif outcome.state == "finished" and step == "synthesize":
+        conductor._log(_recovered_synthesis(conductor, s["id"], intent, outcome))
+    elif outcome.state == "finished":
+        request = next(iter(conductor.store.events(s["id"], kind="characterization_request")[-1:]), None)
+        await conductor._interpret(s["id"], request.id if request else None, intent.target,
+                                   outcome.documents, _duration(outcome.documents))
+    else:
+        interrupt(conductor, s, step, intent, outcome, interrupted_because)
+
 
 def _recovered_synthesis(conductor: Any, sample_id: str, intent: StepIntent, outcome: Any) -> Message:
     """The result a finished synthesis run would have returned, read from its documents."""

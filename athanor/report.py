@@ -88,7 +88,16 @@ def status_report(store: Store, spec: Campaign) -> dict[str, Any]:
             "interrupted": [s["id"] for s in samples if s["interrupted"]],
             "interrupted_because": {s["id"]: s["interrupted"] for s in samples if s["interrupted"]},
             "conductor": holder(store), "quarantined": quarantined(events),
-            "instruments": {i.name: {"role": i.role, "backend": i.backend} for i in spec.instruments}}
+            "instruments": _instruments(spec, events)}
+
+
+def _instruments(spec: Campaign, events: list[Any]) -> dict[str, dict[str, Any]]:
+    """The campaign's instruments; on a lab, the lab's, as they were when it last joined."""
+    if spec.lab is None:
+        return {i.name: {"role": i.role, "backend": i.backend} for i in spec.instruments}
+    joined = next((e for e in reversed(events) if e.event == "lab_joined"), None)
+    nodes = joined.detail.get("nodes", {}) if joined is not None else {}
+    return {name: {"lab": spec.lab, "node_id": node} for name, node in nodes.items()}
 
 
 def plot_progress(samples: list[dict[str, Any]], spec: Campaign, path: Path) -> None:

@@ -29,7 +29,8 @@ class Agents:
     planner: Any
     characterizer: Any
     learner: Any
-    instruments: dict[str, Any]  # instrument name -> its station's agent
+    instruments: dict[str, Any]  # instrument name -> its station's agent (none on a lab: see dispatch)
+    dispatch: Any = None  # a lab's LabDispatch (athanor/dispatch.py); None: the instruments above
 
     def handles(self) -> list[Any]:
         return [self.designer, self.planner, self.characterizer, self.learner, *self.instruments.values()]
@@ -58,9 +59,10 @@ def error_line(exc: BaseException) -> str:
 
 
 def start_agents(spec: Campaign, campaign_id: str, store_url: str | None = None,
-                 channel_access: dict[str, str] | None = None) -> Agents:
+                 channel_access: dict[str, str] | None = None, dispatch: Any = None) -> Agents:
     """The campaign's agents as actors; instruments write their documents to the store at `store_url`
-    and, over EPICS, find their IOC with `channel_access` (EPICS_CA_* variables)."""
+    and, over EPICS, find their IOC with `channel_access` (EPICS_CA_* variables). With a lab's
+    `dispatch`, the campaign has no instrument actors of its own."""
     wire = spec.model_dump(mode="json")
 
     def actor(cls: type, *args: Any) -> Any:
@@ -69,7 +71,9 @@ def start_agents(spec: Campaign, campaign_id: str, store_url: str | None = None,
     agents = Agents(
         designer=actor(DesignerAgent), planner=actor(PlannerAgent), characterizer=actor(CharacterizerAgent),
         learner=actor(LearnerAgent),
-        instruments={i.name: actor(InstrumentAgent, i.name, store_url, channel_access) for i in spec.instruments})
+        instruments={} if dispatch is not None else {
+            i.name: actor(InstrumentAgent, i.name, store_url, channel_access) for i in spec.instruments},
+        dispatch=dispatch)
     try:
         ray.get([h.ping.remote() for h in agents.handles()])
     except RayError as exc:

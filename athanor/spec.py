@@ -289,6 +289,10 @@ class Campaign(_Strict):
     learner: LearnerSpec = LearnerSpec()
     world: WorldSpec = WorldSpec()
     instruments: list[InstrumentSpec] = Field(default_factory=default_instruments)
+    lab: str | None = Field(default=None, max_length=60, pattern=r"^[A-Za-z0-9_.\-]+$",
+                            description="borrow the instruments of this lab (served by `athanor lab serve LAB.yaml` "
+                            "on the Ray cluster of --ray-address) instead of having instruments of its own")
+    lab_priority: int = Field(default=0, description="under a lab whose scheduler is `priority`: higher goes first")
     approval: ApprovalSpec = ApprovalSpec()
     store_url: str | None = None
     store_retry_s: float = Field(default=60.0, ge=0, description="how long a lost database connection is retried, "
@@ -303,6 +307,9 @@ class Campaign(_Strict):
         names = [o.name for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError("objective names must be unique")
+        if self.lab is not None and self.instruments != default_instruments():
+            raise ValueError(f"a campaign on lab {self.lab!r} borrows the lab's instruments: remove 'instruments' "
+                             "(the lab file describes them) or 'lab'")
         roles = {i.role for i in self.instruments}
         if roles != {"synthesis", "characterization"}:
             raise ValueError("instruments need at least one 'synthesis' and one 'characterization' instrument")
@@ -432,7 +439,18 @@ def _format(source: str, root: yaml.Node | None, loc: tuple[Any, ...], message: 
     return f"{source}{line}: {path}: {message}"
 
 
-def parse_campaign(text: str, source: str = "<campaign>", base_dir: Path | None = None) -> Campaign:
+def read_text(path: Path, what: str) -> str:
+    """A file's text; a SpecError if it is missing or not UTF-8."""
+    if not path.is_file():
+        raise SpecError(str(path), [f"{path}: no such {what} file"])
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+
+
+def read_yaml(text: str, source: str, what: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    """A YAML mapping and its node tree (for line numbers); a SpecError naming the place if it is not one."""
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -441,17 +459,29 @@ def parse_campaign(text: str, source: str = "<campaign>", base_dir: Path | None 
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise SpecError(source, [f"{source}{where}: malformed YAML: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(data, dict):
-        raise SpecError(source, [f"{source}: the campaign file must be a mapping of keys to values"])
+        raise SpecError(source, [f"{source}: the {what} file must be a mapping of keys to values"])
+    return data, root
+
+
+def validation_problems(exc: ValidationError, root: yaml.Node | None, source: str) -> list[str]:
+    """Each of pydantic's errors as one line: file, line, key path, what is wrong."""
+    problems = []
+    for err in exc.errors():
+        # Drop the discriminator tag pydantic inserts for tagged unions ("continuous", ...).
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _PARAM_TAGS))
+        msg = err["msg"].removeprefix("Value error, ")
+        unknown = err["type"] == "extra_forbidden"
+        problems.append(_format(source, root, loc, f"unknown key {loc[-1]!r}" if unknown else msg, key=unknown))
+    return problems
+
+
+def parse_campaign(text: str, source: str = "<campaign>", base_dir: Path | None = None) -> Campaign:
+    data, root = read_yaml(text, source, "campaign")
     problems = []
     try:
         spec = Campaign.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        for err in exc.errors():
-            # Drop the discriminator tag pydantic inserts for tagged unions ("continuous", ...).
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _PARAM_TAGS))
-            msg = err["msg"].removeprefix("Value error, ")
-            unknown = err["type"] == "extra_forbidden"
-            problems.append(_format(source, root, loc, f"unknown key {loc[-1]!r}" if unknown else msg, key=unknown))
+        problems += validation_problems(exc, root, source)
     problems += _dataset_problems(data, base_dir, root, source)
     if problems:
         raise SpecError(source, problems)
@@ -464,13 +494,7 @@ _PARAM_TAGS = {"continuous", "integer", "categorical"}
 def load_campaign(path: str | Path, check_plugins: bool = True) -> Campaign:
     """Read and validate a campaign file; by default also check its designer and world exist."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(str(path), [f"{path}: no such campaign file"])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(str(path), [f"{path}: not UTF-8 text (byte {exc.start})"]) from None
-    spec = parse_campaign(text, str(path), base_dir=path.parent)
+    spec = parse_campaign(read_text(path, "campaign"), str(path), base_dir=path.parent)
     if check_plugins:
         from athanor import registry
 

@@ -17,7 +17,8 @@ P3HT_OBJECTIVE = "Conductivity (measured) (S/cm)"
 @pytest.fixture(scope="session")
 def ray_address() -> str:
     """Start Ray once; subprocess campaigns join it through this address."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    # "local": a new instance, never a `ray start` cluster this machine runs (tests/helpers_cluster.py starts some)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from athanor.errors import AthanorError, SpecError
+from athanor.lab import is_lab_file
 from athanor.spec import Campaign, load_campaign, parse_campaign
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not is_lab_file(p))  # lab files: test_lab_scheduling
 P3HT = ROOT / "data" / "liang2021" / "P3HT.csv"
 P3HT_INPUTS = ["P3HT content (%)", "D1 content (%)", "D2 content (%)", "D6 content (%)", "D8 content (%)"]
 P3HT_OUTPUT = "Conductivity (measured) (S/cm)"
