@@ -156,7 +156,7 @@ class LabScheduler:
         try:
             request = self.arbiter.ask(campaign_id, role, sample_id, step)
         except KeyError as exc:
-            return {"error": str(exc.args[0])}
+            return {"error": str(exc.args[0]), "not_joined": campaign_id not in self.arbiter.priority}
         future = asyncio.get_running_loop().create_future()
         self.futures[request.seq] = future
         self._assign()

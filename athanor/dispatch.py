@@ -72,14 +72,18 @@ class LabDispatch:
     runs the step there. Taking an instrument out of service, or putting it back, is lab-wide: an
     instrument that loses this campaign's steps would lose everyone's."""
 
-    def __init__(self, scheduler: Any, campaign_id: str):
+    def __init__(self, scheduler: Any, campaign_id: str, rejoin: Callable[[], Awaitable[None]] | None = None):
         self.scheduler = scheduler
         self.campaign_id = campaign_id
+        self.rejoin = rejoin  # join again, if the lab took this campaign for gone
         self.steps_handed: Counter[str] = Counter()
 
     @contextlib.asynccontextmanager
     async def slot(self, role: str, sample_id: str | None = None, step: str | None = None) -> AsyncIterator[Slot]:
         reply = await self.scheduler.acquire.remote(self.campaign_id, role, sample_id, step)
+        if isinstance(reply, dict) and reply.get("not_joined") and self.rejoin is not None:
+            await self.rejoin()
+            reply = await self.scheduler.acquire.remote(self.campaign_id, role, sample_id, step)
         if not isinstance(reply, list):
             why = reply.get("error") if isinstance(reply, dict) else "the lab dropped this campaign"
             raise AthanorError(f"the lab gave no {role} instrument: {why}")

@@ -128,24 +128,38 @@ def joined(spec: Campaign, campaign_id: str, store_url: str | None) -> Iterator[
     """Borrow the lab the campaign names: the campaign with the lab's instruments as its own, the
     dispatch that runs its steps on them, and where each instrument runs. Given back on leaving."""
     scheduler = scheduler_of(spec.lab)
-    presence = ray.remote(CampaignPresence).options(num_cpus=0).remote()
+    wire = resolved_wire(spec, None)
+    presences: list[Any] = []
+
+    def join() -> Any:
+        # The presence runs on the driver's node and dies with the driver: then the lab takes it back.
+        here = ray.get_runtime_context().get_node_id()
+        presences.append(ray.remote(CampaignPresence).options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote())
+        return scheduler.join.remote(campaign_id, spec.lab_priority, presences[-1], wire, store_url)
+
+    async def rejoin() -> None:
+        reply = await join()
+        if "error" in reply:
+            raise AthanorError(f"lab {spec.lab!r} took campaign {spec.campaign!r} back: {reply['error']}")
+
     try:
-        reply = ray.get(scheduler.join.remote(campaign_id, spec.lab_priority, presence,
-                                              resolved_wire(spec, None), store_url), timeout=START_TIMEOUT_S)
-    except RayError as exc:
-        ray.kill(presence)
-        raise AthanorError(f"cannot join lab {spec.lab!r}: {error_line(exc)}") from None
-    if "error" in reply:
-        ray.kill(presence)
-        raise AthanorError(f"lab {spec.lab!r} cannot run campaign {spec.campaign!r}: {reply['error']}")
-    resolved = Campaign.model_validate(resolved_wire(spec, reply["instruments"]))
-    try:
-        yield resolved, LabDispatch(scheduler, campaign_id), reply
+        try:
+            reply = ray.get(join(), timeout=START_TIMEOUT_S)
+        except RayError as exc:
+            raise AthanorError(f"cannot join lab {spec.lab!r}: {error_line(exc)}") from None
+        if "error" in reply:
+            raise AthanorError(f"lab {spec.lab!r} cannot run campaign {spec.campaign!r}: {reply['error']}")
+        resolved = Campaign.model_validate(resolved_wire(spec, reply["instruments"]))
+        try:
+            yield resolved, LabDispatch(scheduler, campaign_id, rejoin), reply
+        finally:
+            with contextlib.suppress(RayError):
+                ray.get(scheduler.leave.remote(campaign_id), timeout=30)
     finally:
-        with contextlib.suppress(RayError):
-            ray.get(scheduler.leave.remote(campaign_id), timeout=30)
-        with contextlib.suppress(RayError):
-            ray.kill(presence)
+        for presence in presences:
+            with contextlib.suppress(RayError):
+                ray.kill(presence)
 
 
 def resolved_wire(spec: Campaign, instruments: list[dict[str, Any]] | None) -> dict[str, Any]:

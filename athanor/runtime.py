@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from athanor.agents.characterizer import CharacterizerAgent
 from athanor.agents.designer import DesignerAgent
@@ -65,8 +66,11 @@ def start_agents(spec: Campaign, campaign_id: str, store_url: str | None = None,
     `dispatch`, the campaign has no instrument actors of its own."""
     wire = spec.model_dump(mode="json")
 
+    # Beside the driver where it can: a node that hosts a lab's instrument may be lost with it.
+    beside = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+
     def actor(cls: type, *args: Any) -> Any:
-        return ray.remote(cls).options(**ACTOR_OPTIONS).remote(wire, campaign_id, *args)
+        return ray.remote(cls).options(**ACTOR_OPTIONS, scheduling_strategy=beside).remote(wire, campaign_id, *args)
 
     agents = Agents(
         designer=actor(DesignerAgent), planner=actor(PlannerAgent), characterizer=actor(CharacterizerAgent),

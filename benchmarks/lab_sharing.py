@@ -124,9 +124,9 @@ def analyse(outs: list[Path]) -> dict[str, Any]:
             "starved_s": {role: round(idle[role]["starved_s"], 2) for role in ROLES}, "steps": steps}
 
 
-def lab_status(address: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "athanor", "lab", "status", "bench", "--ray-address", address,
-                          "--json"], capture_output=True, text=True, timeout=120)
+def lab_status(cluster: Cluster) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "athanor", "lab", "status", "bench", "--ray-address", cluster.address,
+                          "--json"], capture_output=True, text=True, timeout=120, env=cluster.env)
     return json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr[-500:]}
 
 
@@ -144,7 +144,8 @@ def run_once(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
             cluster.add_node({"second_host": 1})
         log = open(out / "serve.log", "w")
         server = subprocess.Popen([sys.executable, "-m", "athanor", "lab", "serve", str(lab), "--ray-address",
-                                   cluster.address], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                   cluster.address], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env=cluster.env)
         while "served on the Ray cluster" not in (out / "serve.log").read_text():
             if server.poll() is not None:
                 raise SystemExit((out / "serve.log").read_text())
@@ -153,14 +154,14 @@ def run_once(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         runs = [subprocess.Popen([sys.executable, "-m", "athanor", "run", str(c), "--out", str(out / f"run{i}"),
                                   "--quiet", "--ray-address", cluster.address], stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True, env=cluster.env)
                 for i, c in enumerate(configs)]
         for process in runs:
             text, _ = process.communicate(timeout=1800)
             if process.returncode:
                 raise SystemExit(f"a campaign failed:\n{text}")
         wall = time.monotonic() - started
-        status = lab_status(cluster.address)
+        status = lab_status(cluster)
         report = analyse([out / f"run{i}" for i in range(args.campaigns)])
         report.update(nodes=nodes, wall_s=round(wall, 1), scheduler_view={
             i["name"]: {"node_id": (i["node_id"] or "")[:8], "busy_s": i["busy_s"], "demand_s": i["demand_s"],

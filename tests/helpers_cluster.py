@@ -25,8 +25,11 @@ class Cluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen] = []
-        self.env = {**os.environ, **FAST_HEALTH, "RAY_ADDRESS": ""}
-        self.env.pop("RAY_ADDRESS")
+        # Every process that talks to this cluster runs with `env`. Ray's token authentication is set
+        # explicitly: left unset, `ray start` turns it on when ~/.ray/auth_token exists (a local
+        # `ray.init()` writes one) while a client joining by address does not.
+        self.env = {**os.environ, **FAST_HEALTH, "RAY_AUTH_MODE": "disabled"}
+        self.env.pop("RAY_ADDRESS", None)
         self._start("head", ["--head", f"--port={self.port}", f"--num-cpus={head_cpus}", "--include-dashboard=false",
                              f"--resources={json.dumps(resources or {})}"])
 
@@ -75,11 +78,23 @@ class Cluster:
             time.sleep(1.0)
 
     def kill(self, process: subprocess.Popen) -> None:
-        """A node lost: its raylet and every worker on it, SIGKILLed by process group."""
+        """A node lost, as when its computer goes: its raylet and every worker on it SIGKILLed at once
+        (workers may run in process groups of their own, so its descendants are found first)."""
+        import psutil
+
+        try:
+            descendants = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for child in descendants:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
         process.wait(timeout=30)
 
     def stop(self) -> None:

@@ -21,12 +21,13 @@ import pytest
 from athanor.campaign import open_run
 from athanor.commands import decide
 from athanor.report import status_report
-from conftest import write_campaign
+from conftest import ROOT, write_campaign
 from helpers_cluster import Cluster
 from helpers_proc import kill, wait_for
 
 pytestmark = pytest.mark.slow
 
+DEMO_LAB = ROOT / "configs" / "lab_demo.yaml"
 LAB_ONE = """lab: lab_one
 instruments:
   - {name: oven, role: synthesis, node_resource: head_host, on_interrupted: retry}
@@ -48,13 +49,15 @@ def lab_cluster(tmp_path_factory):
     try:
         cluster.wait_nodes(1)
         furnace_node = cluster.add_node({"furnace_host": 1})
-        for name, text in (("lab_one", LAB_ONE), ("lab_two", LAB_TWO)):
-            path = where / f"{name}.yaml"
-            path.write_text(text)
+        labs = {"lab_one": where / "lab_one.yaml", "lab_two": where / "lab_two.yaml", "lab_demo": DEMO_LAB}
+        labs["lab_one"].write_text(LAB_ONE)
+        labs["lab_two"].write_text(LAB_TWO)
+        for name, path in labs.items():
             servers.append(subprocess.Popen(
                 [sys.executable, "-m", "athanor", "lab", "serve", str(path), "--ray-address", cluster.address],
-                stdout=open(where / f"{name}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        for name, server in zip(("lab_one", "lab_two"), servers):
+                stdout=open(where / f"{name}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                env=cluster.env))
+        for name, server in zip(labs, servers):
             wait_for(lambda: "served on the Ray cluster" in (where / f"{name}.log").read_text() or server.poll() is not None,
                      timeout=180, what=f"{name} to be served")
             assert server.poll() is None, (where / f"{name}.log").read_text()
@@ -72,7 +75,7 @@ def lab_cluster(tmp_path_factory):
 
 def lab_status(cluster: Cluster, lab: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-m", "athanor", "lab", "status", lab, "--ray-address", cluster.address,
-                          "--json"], capture_output=True, text=True, timeout=120)
+                          "--json"], capture_output=True, text=True, timeout=120, env=cluster.env)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     return {i["name"]: i for i in report["instruments"]} | {"_labs": report["labs"]}
@@ -87,7 +90,8 @@ def lab_campaign(tmp_path: Path, name: str, lab: str, **options: Any) -> Path:
 def run(config: Path, out: Path, cluster: Cluster, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "athanor", "run", str(config), "--out", str(out), "--quiet",
                              "--ray-address", cluster.address, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=cluster.env)
 
 
 def finished(process: subprocess.Popen, timeout: float = 240) -> None:
@@ -139,6 +143,21 @@ def test_instruments_run_on_the_nodes_that_own_them(lab_cluster):
     assert status["furnace_a"]["node_id"] == status["probe_a"]["node_id"] == nodes[False]
     assert not any(status[n]["quarantined"] or status[n]["busy_with"] for n in ("furnace_a", "furnace_b", "probe_a"))
     assert [lab["lab"] for lab in lab_status(cluster, "lab_one")["_labs"]] == ["lab_one"]
+
+
+def test_the_shipped_demo_lab_and_campaign_run_as_the_readme_says(lab_cluster, tmp_path):
+    cluster = lab_cluster["cluster"]
+    furnace_node = next(n["id"] for n in cluster.alive_nodes() if "furnace_host" in n["resources"])
+    out = subprocess.run([sys.executable, "-m", "athanor", "lab", "status", "--ray-address", cluster.address,
+                          "--json"], capture_output=True, text=True, timeout=120, env=cluster.env)
+    every = json.loads(out.stdout)["instruments"]  # no lab named: every lab on the cluster
+    assert {i["lab"] for i in every} == {"lab_one", "lab_two", "lab_demo"}
+    demo = {i["name"]: i for i in every if i["lab"] == "lab_demo"}
+    assert demo["furnace_b"]["node_id"] == furnace_node
+    assert all({"name", "role", "node_id", "busy_with", "utilization"} <= set(i) for i in every)
+    finished(run(ROOT / "configs" / "p3ht_lab.yaml", tmp_path / "demo", cluster, "--max-experiments", "6"))
+    assert [s["state"] for s in learned(tmp_path / "demo")] == ["learned"] * 6
+    assert {r["instrument"] for r in runs(tmp_path / "demo")} <= set(demo)
 
 
 def test_two_campaigns_share_one_instrument_never_two_steps_at_once_and_both_complete(lab_cluster, tmp_path):

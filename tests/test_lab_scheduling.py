@@ -180,3 +180,51 @@ def test_running_a_lab_campaign_without_a_cluster_address_says_what_is_missing(t
     assert main(["lab", "status"]) == 2
     assert "needs --ray-address" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was created
+
+
+class FakeScheduler:
+    """The scheduler actor's calls as `.remote(...)` awaitables, answering from a script."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = list(answers), []
+
+    def __getattr__(self, method):
+        class Call:
+            @staticmethod
+            def remote(*args):
+                self.calls.append((method, args))
+
+                if method != "acquire":  # fire and forget, as an ObjectRef nobody awaits
+                    return None
+
+                async def answer():
+                    return self.answers.pop(0)
+                return answer()
+        return Call
+
+
+def test_a_campaign_the_lab_took_for_gone_joins_again_and_gets_its_instrument():
+    import asyncio
+
+    from athanor.dispatch import LabDispatch
+
+    scheduler = FakeScheduler([{"error": "campaign 'c' has not joined the lab", "not_joined": True}, ["oven", 7]])
+    rejoined = []
+
+    async def rejoin():
+        rejoined.append(True)
+
+    async def step():
+        async with LabDispatch(scheduler, "c", rejoin).slot("synthesis", "S1", "synthesize") as slot:
+            return slot.name
+    assert asyncio.run(step()) == "oven" and rejoined == [True]
+    assert ("release", ("c", 7)) in scheduler.calls  # a grant not used to run is given back
+
+    refused = FakeScheduler([{"error": "the lab has no furnace instrument", "not_joined": False}])
+
+    async def no_such_role():
+        async with LabDispatch(refused, "c", rejoin).slot("furnace"):
+            pass
+    with pytest.raises(Exception, match="the lab gave no furnace instrument: the lab has no furnace"):
+        asyncio.run(no_such_role())
+    assert rejoined == [True]  # not joined again: it had not been dropped
