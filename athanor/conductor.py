@@ -16,8 +16,9 @@ each finished sample once (`Feeds`), never the whole campaign per call.
 Instruments: several per role form a pool, the campaign's own or a lab's shared with other campaigns
 (athanor/dispatch.py). A step goes to an instrument of its role in service, an idle one first; an
 instrument holds at most `QUEUE_DEPTH` steps (the one it runs and the next, which starts the moment the
-first ends: the lab does not wait on the conductor's turnaround), and runs them one at a time. An instrument that does not answer, or is lost mid-step, `quarantine_after` times in a
-row is taken out of service until an operator restores it.
+first ends: the lab does not wait on the conductor's turnaround), and runs them one at a time. An
+instrument that does not answer, or is lost mid-step, `quarantine_after` times in a row is taken out of
+service until an operator restores it.
 
 Exactly once at the instrument: the step's intent is logged when the step is handed to the
 instrument. The instrument writes its run's documents into the store as they
