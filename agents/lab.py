@@ -122,7 +122,7 @@ class LabScheduler:
         nodes = {}
         for name, reply in zip(in_service, replies):
             if isinstance(reply, RayActorError):
-                self._lost(name, f"{name} is gone (its actor or node was lost)")
+                self.arbiter.quarantine(name, f"{name} is gone (its actor or node was lost)")
             elif isinstance(reply, BaseException):
                 for other in in_service:
                     self._instrument(other).detach.remote(campaign_id)
@@ -190,7 +190,7 @@ class LabScheduler:
             return await self._instrument(grant.instrument).run.remote(campaign_id, request, key)
         except RayActorError as exc:
             reason = f"{grant.instrument} was lost mid-step with its actor or node ({_one_line(exc)})"
-            self._lost(grant.instrument, reason)
+            self.arbiter.quarantine(grant.instrument, reason)
             return {"documents": [], "message": None, "lost": reason, "quarantined": reason}
         finally:
             self.arbiter.finish(grant_id)
@@ -198,14 +198,14 @@ class LabScheduler:
 
     async def release(self, campaign_id: str, grant_id: int) -> None:
         """Give back a grant that was not used (its step went no further)."""
-        grant = self.arbiter._grant(grant_id)
+        grant = self.arbiter.grant(grant_id)
         if grant is not None and grant.campaign == campaign_id and grant.started_at is None:
             self.arbiter.finish(grant_id)
             self._assign()
 
     # --- service -----------------------------------------------------------------------------------
     async def quarantine(self, name: str, reason: str) -> None:
-        if name in self.arbiter.instruments and self.arbiter.instruments[name].quarantined is None:
+        if name in self.arbiter.instruments:
             self.arbiter.quarantine(name, reason)
 
     async def restore(self, name: str) -> bool:
@@ -214,10 +214,6 @@ class LabScheduler:
         self.arbiter.restore(name)
         self._assign()
         return True
-
-    def _lost(self, name: str, reason: str) -> None:
-        if self.arbiter.instruments[name].quarantined is None:
-            self.arbiter.quarantine(name, reason)
 
     def _quarantined(self) -> dict[str, str]:
         return {n: s.quarantined for n, s in self.arbiter.instruments.items() if s.quarantined is not None}
@@ -245,16 +241,14 @@ class LabScheduler:
         async def state(name: str) -> Any:
             try:
                 return await asyncio.wait_for(self._instrument(name).state.remote(), PING_TIMEOUT_S)
-            except (RayActorError, ValueError) as exc:  # dead, or never created
-                return exc
-            except (asyncio.TimeoutError, RayError) as exc:
+            except (asyncio.TimeoutError, RayError, ValueError) as exc:  # slow, dead, or never created
                 return exc
 
         found = await asyncio.gather(*[state(n) for n in names])
         out = {}
         for name, reply in zip(names, found):
             if isinstance(reply, (RayActorError, ValueError)):
-                self._lost(name, f"{name} is gone (its actor or node was lost)")
+                self.arbiter.quarantine(name, f"{name} is gone (its actor or node was lost)")
             out[name] = reply if isinstance(reply, dict) else {"error": _one_line(reply)}
         return out
 

@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from athanor.agents.lab import CampaignPresence, LabInstrument, LabScheduler
 from athanor.dispatch import LabDispatch
 from athanor.errors import AthanorError
-from athanor.lab import NAMESPACE_PREFIX, SCHEDULER, Lab, actor_name, namespace
+from athanor.lab import NAMESPACE_PREFIX, SCHEDULER, Lab, LabInstrumentSpec, actor_name, namespace
 from athanor.runtime import error_line
 from athanor.spec import Campaign
 
@@ -75,7 +75,7 @@ def stop(name: str) -> int:
     return killed
 
 
-def serve(lab: Lab, on_ready: Callable[[dict[str, Any]], None], stop_on_exit: bool = True) -> None:
+def serve(lab: Lab, on_ready: Callable[[dict[str, Any]], None]) -> None:
     """Serve the lab until this process is interrupted or terminated."""
     def terminate(*_: Any) -> None:
         raise KeyboardInterrupt
@@ -89,8 +89,7 @@ def serve(lab: Lab, on_ready: Callable[[dict[str, Any]], None], stop_on_exit: bo
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if stop_on_exit:
-            stop(lab.lab)
+        stop(lab.lab)
 
 
 def labs() -> list[str]:
@@ -168,5 +167,6 @@ def resolved_wire(spec: Campaign, instruments: list[dict[str, Any]] | None) -> d
     wire = spec.model_dump(mode="json")
     wire["lab"] = None
     if instruments is not None:
-        wire["instruments"] = [{k: v for k, v in i.items() if k != "node_resource"} for i in instruments]
+        wire["instruments"] = [LabInstrumentSpec.model_validate(i).for_campaign().model_dump(mode="json")
+                               for i in instruments]
     return wire

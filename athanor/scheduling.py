@@ -140,7 +140,7 @@ class Arbiter:
 
     def start(self, grant_id: int) -> Grant | None:
         """The granted step goes to its instrument now; None if the grant is not held (any more)."""
-        grant = self._grant(grant_id)
+        grant = self.grant(grant_id)
         if grant is not None and grant.started_at is None:
             grant.started_at = self.clock()
             return grant
@@ -148,19 +148,21 @@ class Arbiter:
 
     def finish(self, grant_id: int) -> Grant | None:
         """A step ended (or an unused grant is given back): its instrument can take another."""
-        grant = self._grant(grant_id)
+        grant = self.grant(grant_id)
         if grant is not None:
             self._tick()
             del self.instruments[grant.instrument].grants[grant_id]
         return grant
 
-    def _grant(self, grant_id: int) -> Grant | None:
+    def grant(self, grant_id: int) -> Grant | None:
         return next((s.grants[grant_id] for s in self.instruments.values() if grant_id in s.grants), None)
 
     # --- service -----------------------------------------------------------------------------------
     def quarantine(self, name: str, reason: str) -> None:
+        """Out of service; an instrument already out keeps the reason it was first taken out for."""
         self._tick()
-        self.instruments[name].quarantined = reason
+        if self.instruments[name].quarantined is None:
+            self.instruments[name].quarantined = reason
 
     def restore(self, name: str) -> None:
         self._tick()
