@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +39,12 @@ class Agents:
 
 
 def connect(address: str | None = None) -> bool:
-    """Join the cluster at `address`, or start a local one. True if this call started Ray."""
+    """Join the cluster at `address` (or $RAY_ADDRESS), or start a local one. True if this call started Ray."""
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    # "local", not None: left to itself Ray joins the last `ray start` cluster of this machine, even a stopped one.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
