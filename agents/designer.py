@@ -25,12 +25,25 @@ def world_predictor(spec: Any) -> Any:
     return world.differentiable_model(list(spec.space.composition.elements))
 
 
+def world_prior(spec: Any) -> Any:
+    """`designer.options.prior: world`: the world's approximate model, known to be wrong (for the alloy
+    world, the rigid-band moment as a function of the electron count), as a torch function of the
+    composition's fractions. The strategy learns a correction to it from the measurements."""
+    world = registry.make_world(spec)
+    if not hasattr(world, "approximate_model") or spec.space.composition is None:
+        raise AthanorError(f"designer.options.prior: world {spec.world.kind!r} offers no approximate model "
+                           "of a composition; leave the option out to learn from the data alone")
+    return world.approximate_model(list(spec.space.composition.elements))
+
+
 def make_strategy(spec: Any, pool: Any = None) -> Any:
     """The campaign's strategy, built from `designer` (and, for a pool, the pool's input rows)."""
     strategy_cls = registry.load("athanor.strategies", spec.designer.strategy)
     options = dict(spec.designer.options)
     if options.get("predictor") == "world":
         options["predictor"] = world_predictor(spec)
+    if options.get("prior") == "world":
+        options["prior"] = world_prior(spec)
     return strategy_cls(DesignSpace(spec.space, pool), objectives=spec.objectives,
                         constraints=spec.outcome_constraints, seed=spec.seed, **options)
 

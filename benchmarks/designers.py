@@ -1,7 +1,10 @@
 """Designers compared on one campaign at an equal experiment budget (issue 6).
 
-    athanor bench designers --config configs/alloy_gradient.yaml --budget 10 --repeats 5 \\
-        --designers gradient,bayesian,random --out benchmarks/results/designers/alloy
+    athanor bench designers --config configs/alloy_design.yaml --budget 16 --repeats 10 \\
+        --designers gradient,bayesian,random,oracle --out benchmarks/results/designers/alloy_design
+
+Designers are strategy names; `oracle` is the gradient designer given the world's own model (see
+`designer_of`): it shows what a perfect model would buy, and no lab has one.
 
 Each repeat runs the campaign's loop in this process, without Ray. The campaign's world and
 strategy are built as the agents build them. The loop is: propose a batch, then synthesize and
@@ -91,6 +94,18 @@ def success(values: dict[str, float], spec: Campaign, optimum: dict[str, float])
     return True
 
 
+ORACLE = {"predictor": "world", "n_candidates": 8, "steps": 15, "rounds": 1, "lr": 0.2}
+
+
+def designer_of(spec: Campaign, name: str) -> tuple[str, dict[str, Any]]:
+    """The strategy and options a designer name stands for. The campaign's own strategy keeps its
+    options. `oracle` is the gradient designer descending the world's own model (the truth that
+    judges success): a bound no lab can reach, with few starts and steps since the truth is costly."""
+    if name == "oracle":
+        return "gradient", {**{k: v for k, v in spec.designer.options.items() if k != "prior"}, **ORACLE}
+    return name, dict(spec.designer.options) if name == spec.designer.strategy else {}
+
+
 def run_one(spec: Campaign, budget: int, optimum: dict[str, float]) -> dict[str, Any]:
     world = registry.make_world(spec)
     strategy = make_strategy(spec)
@@ -133,10 +148,10 @@ def run_benchmark(config: str | Path, budget: int, repeats: int, designers: Sequ
     result: dict[str, Any] = {"config": str(config), "budget": budget, "repeats": repeats, "seed": seed,
                               "optimum": resolved, "designers": {}}
     for name in designers:
-        options = spec.designer.options if name == spec.designer.strategy else {}
+        strategy, options = designer_of(spec, name)
         runs = []
         for r in range(repeats):
-            run_spec = spec.model_copy(update={"seed": seed + r, "designer": DesignerSpec(strategy=name, options=options)})
+            run_spec = spec.model_copy(update={"seed": seed + r, "designer": DesignerSpec(strategy=strategy, options=options)})
             runs.append(run_one(run_spec, budget, resolved))
             if log:
                 log(f"{name}: repeat {r + 1}/{repeats}, success after {runs[-1]['experiments_to_success']} "

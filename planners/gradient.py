@@ -20,9 +20,12 @@ The temperature anneals geometrically from `t_start` (1) to `t_end` (0.01) over 
 site distributions end one-hot. After each of `rounds` rounds the worst `mutate_fraction` of the
 batch is replaced by perturbed copies of the best.
 
-Predictor: either `predictor`, a callable given by the campaign (a world's differentiable model)
-mapping features X [B, d] to {output: mean [B]} or {output: (mean [B], sd [B])}, or — when none is
-given — a DeepEnsemble fitted on the history, explored optimistically (mean ± κ·sd). Features: per
+Predictor: either `predictor`, a callable given by the campaign (a world's differentiable model: an
+oracle, for baselines) mapping features X [B, d] to {output: mean [B]} or {output: (mean [B], sd [B])},
+or — when none is given — a DeepEnsemble fitted on the history, explored optimistically (mean ± κ·sd).
+With a `prior` (a callable like `predictor`: an approximate physical model, known to be wrong), the
+ensemble learns the prior's error instead of the property, and before `n_init` measurements the
+prior alone (with sd `prior_sd`) steers the first batch instead of a space-filling design. Features: per
 space parameter in order, a categorical as its distribution over its choices (one-hot when decoded),
 a continuous/integer parameter scaled to [0, 1]; then the composition's fractions in the space's
 element order. A callable may carry `.device` and `.dtype` attributes (default: cpu when it has no
@@ -73,7 +76,7 @@ class GradientStrategy:
                  kappa: float = 1.0, n_init: int = 3, mutate_fraction: float = 0.25, mutation_noise: float = 0.5,
                  margin: float = 0.25, min_distance: float = 0.02, repulsion: float = 2.0, roles: Mapping[str, str] | None = None,
                  ensemble: Mapping[str, Any] | None = None, device: str | None = None, single_thread: bool = True,
-                 **_options: Any):
+                 prior: Predictor | str | None = None, prior_sd: float = 0.1, **_options: Any):
         if space.is_pool:
             raise ValueError("the gradient designer optimizes inputs directly: give parameters or a composition, not a pool")
         if not objectives:
@@ -87,6 +90,12 @@ class GradientStrategy:
                           "using a deep ensemble fitted on the history", RuntimeWarning, stacklevel=2)
             predictor = None
         self.predictor = predictor
+        if isinstance(prior, str):
+            warnings.warn(f"designer.options.prior {prior!r} was not replaced by a model; learning from the data alone",
+                          RuntimeWarning, stacklevel=2)
+            prior = None
+        self.prior, self.prior_sd = prior, float(prior_sd)
+        self._model: DeepEnsemble | None = None
         self.n_candidates, self.steps, self.rounds = int(n_candidates), int(steps), max(1, int(rounds))
         self.lr, self.t_start, self.t_end, self.kappa = float(lr), float(t_start), float(t_end), float(kappa)
         self.n_init, self.mutate_fraction, self.mutation_noise = int(n_init), float(mutate_fraction), float(mutation_noise)
@@ -120,8 +129,12 @@ class GradientStrategy:
                     mean, sd = value, torch.zeros_like(value)
                 out[name] = (mean.reshape(-1), sd.reshape(-1))
             return out
+        prior = {k: v.reshape(-1) for k, v in self.prior(X).items()} if self.prior is not None else {}
+        if self._model is None:  # the prior alone, before the first measurements
+            return {k: (v, torch.full_like(v, self.prior_sd)) for k, v in prior.items()}
         mean, sd = self._model.predict(X)
-        return {name: (mean[:, i], sd[:, i]) for i, name in enumerate(self._model_outputs)}
+        return {name: (mean[:, i] + prior[name].to(mean.dtype) if name in prior else mean[:, i], sd[:, i])
+                for i, name in enumerate(self._model_outputs)}
 
     def _losses(self, preds: Mapping[str, tuple[torch.Tensor, torch.Tensor]], kappa: float | torch.Tensor,
                 weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -180,20 +193,38 @@ class GradientStrategy:
             isinstance(o.values.get(k), (int, float)) and math.isfinite(o.values[k]) for k in self._fit_outputs())]
         self._scale = self._scales(measured)
         if self.predictor is None:
+            self._model = None
             if len(measured) < self.n_init:
-                return self._space_filling(history, n, pending, f"initial design ({len(measured)} of {self.n_init} measured)")
-            X = torch.stack([self.candidates.features(o.inputs) for o in measured])
-            Y = torch.tensor([[float(o.values[k]) for k in self._fit_outputs()] for o in measured], dtype=self.dtype)
-            opts = {"seed": self.seed + len(history), **self.ensemble_options}
-            self._model = DeepEnsemble(device=str(self.device), **opts).fit(X, Y)
-            self._model_outputs = self._fit_outputs()
-            self.model_version = f"ensemble-{self._model.version}"
+                if not self._prior_covers_objectives():
+                    return self._space_filling(history, n, pending, f"initial design ({len(measured)} of {self.n_init} measured)")
+                self.model_version = f"prior-{getattr(self.prior, 'version', type(self.prior).__name__)}"
+            else:
+                X = torch.stack([self.candidates.features(o.inputs) for o in measured])
+                Y = torch.tensor([[float(o.values[k]) for k in self._fit_outputs()] for o in measured], dtype=self.dtype)
+                if self.prior is not None:  # the ensemble learns the prior's error, not the property
+                    with torch.no_grad():
+                        prior = self.prior(X)
+                    for j, k in enumerate(self._fit_outputs()):
+                        if k in prior:
+                            Y[:, j] -= prior[k].reshape(-1).to(Y.dtype)
+                opts = {"seed": self.seed + len(history), **self.ensemble_options}
+                self._model = DeepEnsemble(device=str(self.device), **opts).fit(X, Y)
+                self._model_outputs = self._fit_outputs()
+                self.model_version = f"ensemble-{self._model.version}" + ("+prior" if self.prior is not None else "")
         else:
             self.model_version = f"predictor-{getattr(self.predictor, 'version', type(self.predictor).__name__)}"
         done = [*history, *pending]
         self._anchors = torch.stack([self.candidates.features(o.inputs) for o in done]) if done else None
         params, _ = self.optimize(len(history) + len(pending))
         return self._select(params, history, pending, n)
+
+    def _prior_covers_objectives(self) -> bool:
+        if self.prior is None:
+            return False
+        probe = torch.full((1, len(self.candidates.length_scales(self.min_distance))), 0.5, dtype=self.dtype)
+        with torch.no_grad():
+            given = self.prior(probe)
+        return all(o.name in given for o in self.objectives)
 
     def _fit_outputs(self) -> list[str]:
         analytic = {"tolerance_factor"} if self.roles is not None else set()
@@ -304,7 +335,12 @@ class GradientStrategy:
             taken.append(X[i])
             predicted = {name: Prediction(mean=float(m[i]), sd=float(s[i])) for name, (m, s) in preds.items()}
             pattern = "" if patterns[i] is None else f", charges {self.template.patterns.describe(patterns[i])}"
-            source = "world model" if self.predictor is not None else f"ensemble of {len(history)} (κ={self.kappa:g})"
+            if self.predictor is not None:
+                source = "world model (oracle)"
+            elif self._model is None:
+                source = "prior alone"
+            else:
+                source = f"ensemble of {len(history)} (κ={self.kappa:g})" + (" correcting the prior" if self.prior else "")
             how = "optimized" if i < self.n_candidates else "random (scored)"
             chosen.append(Candidate(
                 inputs=rows[i], acquisition_value=float(-loss[i]), predicted=predicted,
