@@ -117,12 +117,15 @@ def epics_device(hardware_class: type[Hardware], pv_prefix: str, name: str, time
     from ophyd.signal import EpicsSignal, EpicsSignalRO
 
     common = {"timeout": CONNECT_TIMEOUT_S, "connection_timeout": CONNECT_TIMEOUT_S}
+    # A put waits for its completion at most timeout_s: ophyd's default waits forever, so an IOC that
+    # dies between a setpoint's put and its callback would hang the plan, and the campaign with it.
+    writes = {**common, "write_timeout": timeout_s}
     components: dict[str, Any] = {
-        "acquire": Cpt(EpicsSignal, "acquire", put_complete=True, kind="omitted", **common)}
+        "acquire": Cpt(EpicsSignal, "acquire", put_complete=True, kind="omitted", **writes)}
     for c in hardware_class.all_channels():
         text = c.dtype in ("text", "str")
         if c.writable:
-            components[c.name] = Cpt(EpicsSignal, c.name, put_complete=True, string=text, kind=c.kind, **common)
+            components[c.name] = Cpt(EpicsSignal, c.name, put_complete=True, string=text, kind=c.kind, **writes)
         else:
             components[c.name] = Cpt(EpicsSignalRO, c.name, string=text, kind=c.kind, **common)
     cls = type(f"Epics{hardware_class.__name__}", (_EpicsDevice,), components)

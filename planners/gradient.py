@@ -25,7 +25,8 @@ oracle, for baselines) mapping features X [B, d] to {output: mean [B]} or {outpu
 or — when none is given — a DeepEnsemble fitted on the history, explored optimistically (mean ± κ·sd).
 With a `prior` (a callable like `predictor`: an approximate physical model, known to be wrong), the
 ensemble learns the prior's error instead of the property, and before `n_init` measurements the
-prior alone (with sd `prior_sd`) steers the first batch instead of a space-filling design. Features: per
+prior alone (with sd `prior_sd`) steers the first batch instead of a space-filling design. Option
+`model: gp` replaces the ensemble by a Gaussian process (planners/gp.py), for few measurements. Features: per
 space parameter in order, a categorical as its distribution over its choices (one-hot when decoded),
 a continuous/integer parameter scaled to [0, 1]; then the composition's fractions in the space's
 element order. A callable may carry `.device` and `.dtype` attributes (default: cpu when it has no
@@ -56,6 +57,7 @@ import torch
 from athanor.messages import Candidate, Prediction
 from athanor.planners.base import Observation, input_key
 from athanor.planners.ensemble import DeepEnsemble, default_device
+from athanor.planners.gp import GaussianProcess
 from athanor.planners.random import SobolStrategy
 from athanor.planners.relaxation import RelaxedCandidates, shannon_radius
 from athanor.planners.space import DesignSpace
@@ -76,7 +78,8 @@ class GradientStrategy:
                  kappa: float = 1.0, n_init: int = 3, mutate_fraction: float = 0.25, mutation_noise: float = 0.5,
                  margin: float = 0.25, min_distance: float = 0.02, repulsion: float = 2.0, roles: Mapping[str, str] | None = None,
                  ensemble: Mapping[str, Any] | None = None, device: str | None = None, single_thread: bool = True,
-                 prior: Predictor | str | None = None, prior_sd: float = 0.1, **_options: Any):
+                 prior: Predictor | str | None = None, prior_sd: float = 0.1, model: str = "ensemble",
+                 **_options: Any):
         if space.is_pool:
             raise ValueError("the gradient designer optimizes inputs directly: give parameters or a composition, not a pool")
         if not objectives:
@@ -95,7 +98,10 @@ class GradientStrategy:
                           RuntimeWarning, stacklevel=2)
             prior = None
         self.prior, self.prior_sd = prior, float(prior_sd)
-        self._model: DeepEnsemble | None = None
+        if model not in ("ensemble", "gp"):
+            raise ValueError(f"designer.options.model must be ensemble or gp, not {model!r}")
+        self.model_kind = model
+        self._model: DeepEnsemble | GaussianProcess | None = None
         self.n_candidates, self.steps, self.rounds = int(n_candidates), int(steps), max(1, int(rounds))
         self.lr, self.t_start, self.t_end, self.kappa = float(lr), float(t_start), float(t_end), float(kappa)
         self.n_init, self.mutate_fraction, self.mutation_noise = int(n_init), float(mutate_fraction), float(mutation_noise)
@@ -108,7 +114,7 @@ class GradientStrategy:
             self.dtype = getattr(predictor, "dtype", torch.float64)
         else:
             self.device = default_device(device)
-            self.dtype = torch.float32
+            self.dtype = torch.float32 if model == "ensemble" else torch.float64
         self.candidates = RelaxedCandidates(space, sites or {}, self.constraints, roles, self.device, self.dtype)
         self.template, self.roles = self.candidates.template, self.candidates.roles
         self.outputs = [o.name for o in self.objectives]
@@ -207,10 +213,13 @@ class GradientStrategy:
                     for j, k in enumerate(self._fit_outputs()):
                         if k in prior:
                             Y[:, j] -= prior[k].reshape(-1).to(Y.dtype)
-                opts = {"seed": self.seed + len(history), **self.ensemble_options}
-                self._model = DeepEnsemble(device=str(self.device), **opts).fit(X, Y)
+                if self.model_kind == "gp":
+                    self._model = GaussianProcess(seed=self.seed + len(history)).fit(X, Y)
+                else:
+                    opts = {"seed": self.seed + len(history), **self.ensemble_options}
+                    self._model = DeepEnsemble(device=str(self.device), **opts).fit(X, Y)
                 self._model_outputs = self._fit_outputs()
-                self.model_version = f"ensemble-{self._model.version}" + ("+prior" if self.prior is not None else "")
+                self.model_version = f"{self.model_kind}-{self._model.version}" + ("+prior" if self.prior is not None else "")
         else:
             self.model_version = f"predictor-{getattr(self.predictor, 'version', type(self.predictor).__name__)}"
         done = [*history, *pending]
@@ -340,7 +349,7 @@ class GradientStrategy:
             elif self._model is None:
                 source = "prior alone"
             else:
-                source = f"ensemble of {len(history)} (κ={self.kappa:g})" + (" correcting the prior" if self.prior else "")
+                source = f"{self.model_kind} of {len(history)} (κ={self.kappa:g})" + (" correcting the prior" if self.prior else "")
             how = "optimized" if i < self.n_candidates else "random (scored)"
             chosen.append(Candidate(
                 inputs=rows[i], acquisition_value=float(-loss[i]), predicted=predicted,

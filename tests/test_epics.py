@@ -224,3 +224,18 @@ def test_athanor_run_serves_its_own_ioc_for_an_embedded_dry_run(tmp_path, ray_ad
     descriptors = [d for n, d in store.step_documents(f"{summary['campaign_id']}:S0001:synthesize") if n == "descriptor"]
     assert start["instrument"] == "furnace1"
     assert any(v["source"].startswith("PV:athanor:furnace1:") for d in descriptors for v in d["data_keys"].values())
+
+
+def test_every_write_waits_for_its_completion_at_most_the_instruments_timeout(ca_env):
+    # ophyd's default write_timeout is None (wait forever): an IOC killed between a setpoint's put
+    # and its completion callback hung a plan, and the campaign with it (seen in CI, issue 16).
+    from athanor.instruments.devices import epics_device, use_caproto
+    from athanor.instruments.hardware import Furnace
+
+    ca_env.update(EPICS_CA_ADDR_LIST="127.0.0.1", EPICS_CA_AUTO_ADDR_LIST="NO", EPICS_CA_SERVER_PORT="1")
+    use_caproto()
+    device = epics_device(Furnace, "nowhere:", "furnace", timeout_s=2.5)
+    writable = [c.name for c in Furnace.all_channels() if c.writable]
+    assert writable and "ramp_rate" in writable
+    for name in ["acquire", *writable]:
+        assert getattr(device, name).write_timeout == 2.5, name

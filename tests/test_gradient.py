@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from pymatgen.core import Composition
 
@@ -138,7 +139,8 @@ def test_alloy_template_finds_a_known_maximum_inside_the_bounded_simplex():
 
 
 # --- a prior corrected by the ensemble -----------------------------------------------------------------
-def test_a_prior_guides_the_first_batch_and_the_ensemble_learns_its_error():
+@pytest.mark.parametrize("model", ["ensemble", "gp"])
+def test_a_prior_guides_the_first_batch_and_the_model_learns_its_error(model):
     space = DesignSpace(Space(composition={"elements": {"Fe": [0.0, 1.0], "Co": [0.0, 1.0]}}))
     objective = [Objective(name="m", direction="maximize")]
 
@@ -149,7 +151,7 @@ def test_a_prior_guides_the_first_batch_and_the_ensemble_learns_its_error():
         return 2.0 * co - 3.0 * max(0.0, co - 0.6)  # the real optimum is at Co = 0.6, not at 1
 
     s = GradientStrategy(space, objective, prior=prior, n_init=3, n_candidates=32, steps=80,
-                         ensemble={"epochs": 200})
+                         ensemble={"epochs": 200}, model=model)
     (first,) = s.propose([], 1, [])
     assert "prior alone" in first.rationale
     assert first.inputs["Co"] > 0.8  # the prior's optimum, not a space-filling design
@@ -160,7 +162,7 @@ def test_a_prior_guides_the_first_batch_and_the_ensemble_learns_its_error():
     history = [Observation(inputs={"Fe": 1 - co, "Co": co}, values={"m": truth(co)}) for co in cobalt]
     proposals = s.propose(history, 2, [])
     assert all("correcting the prior" in c.rationale for c in proposals)
-    assert s.model_version.endswith("+prior")
+    assert s.model_version.startswith(model) and s.model_version.endswith("+prior")
     predicted = s._predict(torch.tensor([[0.4, 0.6], [0.0, 1.0]], dtype=s.dtype))["m"][0]
     assert abs(float(predicted[0]) - 1.2) < 0.15 and abs(float(predicted[1]) - 0.8) < 0.25  # prior: 1.2, 2.0
     assert all(abs(c.inputs["Co"] - 0.6) < 0.2 for c in proposals)
