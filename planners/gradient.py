@@ -26,7 +26,9 @@ or — when none is given — a DeepEnsemble fitted on the history, explored opt
 With a `prior` (a callable like `predictor`: an approximate physical model, known to be wrong), the
 ensemble learns the prior's error instead of the property, and before `n_init` measurements the
 prior alone (with sd `prior_sd`) steers the first batch instead of a space-filling design. Option
-`model: gp` replaces the ensemble by a Gaussian process (planners/gp.py), for few measurements. Features: per
+`model: gp` replaces the ensemble by a Gaussian process (planners/gp.py), for few measurements.
+`target_pull` (default 0) adds pull·((μ − t)/tol)² to a target's loss, so that among candidates the
+optimism puts inside a narrow window the ones the mean puts closest win. Features: per
 space parameter in order, a categorical as its distribution over its choices (one-hot when decoded),
 a continuous/integer parameter scaled to [0, 1]; then the composition's fractions in the space's
 element order. A callable may carry `.device` and `.dtype` attributes (default: cpu when it has no
@@ -79,6 +81,7 @@ class GradientStrategy:
                  margin: float = 0.25, min_distance: float = 0.02, repulsion: float = 2.0, roles: Mapping[str, str] | None = None,
                  ensemble: Mapping[str, Any] | None = None, device: str | None = None, single_thread: bool = True,
                  prior: Predictor | str | None = None, prior_sd: float = 0.1, model: str = "ensemble",
+                 target_pull: float = 0.0,
                  **_options: Any):
         if space.is_pool:
             raise ValueError("the gradient designer optimizes inputs directly: give parameters or a composition, not a pool")
@@ -101,6 +104,7 @@ class GradientStrategy:
         if model not in ("ensemble", "gp"):
             raise ValueError(f"designer.options.model must be ensemble or gp, not {model!r}")
         self.model_kind = model
+        self.target_pull = float(target_pull)
         self._model: DeepEnsemble | GaussianProcess | None = None
         self.n_candidates, self.steps, self.rounds = int(n_candidates), int(steps), max(1, int(rounds))
         self.lr, self.t_start, self.t_end, self.kappa = float(lr), float(t_start), float(t_end), float(kappa)
@@ -158,6 +162,9 @@ class GradientStrategy:
             else:  # a window t ± tol, aimed at its inner part (margin) and optimistic by κ·sd
                 inner = o.tolerance * (1.0 - self.margin)
                 loss = torch.relu((mu - o.target).abs() - kappa * sd - inner) / o.tolerance
+                # Among candidates the optimism puts inside, prefer those the mean puts closest: with a
+                # narrow window, ties at zero loss otherwise go to the most uncertain.
+                loss = loss + self.target_pull * ((mu - o.target) / o.tolerance) ** 2
             if weights is not None:
                 loss = weights[:, j] * loss
             total = loss if total is None else total + loss

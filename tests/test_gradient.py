@@ -168,6 +168,23 @@ def test_a_prior_guides_the_first_batch_and_the_model_learns_its_error(model):
     assert all(abs(c.inputs["Co"] - 0.6) < 0.2 for c in proposals)
 
 
+def test_target_pull_prefers_the_mean_closest_to_a_narrow_window():
+    space = DesignSpace(Space(composition={"elements": {"Fe": [0.0, 1.0], "Co": [0.0, 1.0]}}))
+    objective = [Objective(name="m", direction="target", target=1.0, tolerance=0.02)]
+
+    def uncertain(X: torch.Tensor) -> dict[str, torch.Tensor]:  # optimism covers most of the line
+        return {"m": (2.0 * X[:, 1], torch.full_like(X[:, 1], 0.5))}
+
+    def chosen(pull: float) -> float:
+        s = GradientStrategy(space, objective, predictor=uncertain, kappa=1.0, target_pull=pull,
+                             n_candidates=32, steps=60, seed=3)
+        (c,) = s.propose([], 1, [])
+        return abs(2.0 * c.inputs["Co"] - 1.0)
+
+    assert chosen(0.1) < 0.01
+    assert chosen(0.0) > chosen(0.1)  # without the pull, a tie at zero loss goes to any candidate
+
+
 # --- the ensemble ----------------------------------------------------------------------------------
 def test_ensemble_fits_and_is_uncertain_away_from_data():
     g = torch.Generator().manual_seed(0)
