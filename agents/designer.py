@@ -36,6 +36,25 @@ def world_prior(spec: Any) -> Any:
     return world.approximate_model(list(spec.space.composition.elements))
 
 
+def chgnet_model(spec: Any, options: dict[str, Any]) -> Any:
+    """`designer.options.predictor: chgnet`: CHGNet differentiated through a crystal template (options
+    `template`, `relax_weight`), its stability measured against the world's reference energies of the
+    competing binaries (data a lab takes from a database; here the world's own relaxations)."""
+    from athanor.planners.chgnet_predictor import ChgnetPredictor
+    from athanor.planners.ensemble import default_device
+
+    world = registry.make_world(spec)
+    if not hasattr(world, "reference_energy"):
+        raise AthanorError(f"designer.options.predictor: chgnet needs the competing binaries' energies; world "
+                           f"{spec.world.kind!r} gives none (the perovskite world does)")
+    try:
+        return ChgnetPredictor(world.reference_energy, template=options.pop("template", "perovskite"),
+                               roles=options.get("roles"), relax_weight=options.pop("relax_weight", 1.0),
+                               device=str(default_device(options.get("device"))))
+    except ValueError as exc:
+        raise AthanorError(str(exc)) from None
+
+
 def make_strategy(spec: Any, pool: Any = None) -> Any:
     """The campaign's strategy, built from `designer` (and, for a pool, the pool's input rows)."""
     strategy_cls = registry.load("athanor.strategies", spec.designer.strategy)
@@ -44,6 +63,13 @@ def make_strategy(spec: Any, pool: Any = None) -> Any:
         options["predictor"] = world_predictor(spec)
     if options.get("prior") == "world":
         options["prior"] = world_prior(spec)
+    if options.get("predictor") == "chgnet":
+        # By default the measurements correct the pretrained prediction (a residual model): CHGNet is
+        # the prior; `residual: false` trusts it alone.
+        model = chgnet_model(spec, options)
+        options["predictor"] = None if options.pop("residual", True) else model
+        if options["predictor"] is None:
+            options["prior"] = model
     return strategy_cls(DesignSpace(spec.space, pool), objectives=spec.objectives,
                         constraints=spec.outcome_constraints, seed=spec.seed, **options)
 

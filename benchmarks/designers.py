@@ -22,7 +22,13 @@ found with `--optimum NAME=search`, which runs multi-start projected gradient as
 
 Writes OUT/bench.json:
     {"config", "budget", "repeats", "designers": {NAME: {"success_rate",
-      "experiments_to_success_median", "candidates_per_s"}}}
+      "experiments_to_success_median", "candidates_per_s", "candidate_success_rate", "valid_rate",
+      "distinct_candidates_per_proposal", ...}}}
+`success_rate` is the share of repeats that met every criterion within the budget;
+`candidate_success_rate` the share of all proposed candidates that did (SMOACS's measure);
+`valid_rate` the share the world could make at all (a charge-neutral perovskite, say);
+`distinct_candidates_per_proposal` how many distinct candidates a proposal produced: for the gradient
+designer the distinct decodes of its optimized batch, for the others the distinct ones returned.
 `candidates_per_s` is the number of candidates a strategy optimized per second of proposal time,
 over all proposals. It uses the count in the strategy's `last_timing` where it keeps one (the
 gradient designer); otherwise it counts the candidates it returned. Success is judged on the world's noiseless truth
@@ -110,7 +116,8 @@ def run_one(spec: Campaign, budget: int, optimum: dict[str, float]) -> dict[str,
     world = registry.make_world(spec)
     strategy = make_strategy(spec)
     history: list[Observation] = []
-    reached, latencies, counts = None, [], []
+    reached, latencies, counts, distinct = None, [], [], []
+    judged = {"proposed": 0, "valid": 0, "succeeded": 0}
     while len(history) < budget:
         n = min(spec.batch_size, budget - len(history))
         if hasattr(strategy, "last_timing"):
@@ -121,8 +128,11 @@ def run_one(spec: Campaign, budget: int, optimum: dict[str, float]) -> dict[str,
         if not candidates:
             break
         latencies.append(elapsed)
-        counts.append((getattr(strategy, "last_timing", None) or {}).get("candidates") or len(candidates))
+        timing = getattr(strategy, "last_timing", None) or {}
+        counts.append(timing.get("candidates") or len(candidates))
+        distinct.append(timing.get("distinct") or len({tuple(sorted(c.inputs.items())) for c in candidates}))
         for c in candidates:
+            judged["proposed"] += 1
             sample = f"S{len(history) + 1:04d}"
             try:
                 product = world.synthesize({"inputs": c.inputs, "pool_index": c.pool_index}, key=f"{sample}:synthesis")
@@ -134,9 +144,12 @@ def run_one(spec: Campaign, budget: int, optimum: dict[str, float]) -> dict[str,
                 history.append(Observation(inputs=c.inputs, failed=True, pool_index=c.pool_index))
                 continue
             history.append(Observation(inputs=c.inputs, values=values, pool_index=c.pool_index))
-            if reached is None and success(truth, spec, optimum):
-                reached = len(history)
+            judged["valid"] += 1
+            if success(truth, spec, optimum):
+                judged["succeeded"] += 1
+                reached = reached or len(history)
     return {"experiments_to_success": reached, "latency_s": latencies, "candidates": counts,
+            "distinct": distinct, **judged,
             "best": max((o.values.get(spec.objectives[0].name, -np.inf) for o in history if not o.failed), default=None)}
 
 
@@ -162,6 +175,10 @@ def run_benchmark(config: str | Path, budget: int, repeats: int, designers: Sequ
             "experiments_to_success_median": statistics.median(hits) if hits else None,
             "candidates_per_s": sum(sum(x["candidates"]) for x in runs) / max(sum(sum(x["latency_s"]) for x in runs), 1e-9),
             "latency_s_median": statistics.median([v for x in runs for v in x["latency_s"]] or [0.0]),
+            # SMOACS's success rate: the share of proposed candidates that meet every criterion.
+            "candidate_success_rate": sum(x["succeeded"] for x in runs) / max(sum(x["proposed"] for x in runs), 1),
+            "valid_rate": sum(x["valid"] for x in runs) / max(sum(x["proposed"] for x in runs), 1),
+            "distinct_candidates_per_proposal": statistics.mean([v for x in runs for v in x["distinct"]] or [0]),
             "best": [x["best"] for x in runs],
             "experiments_to_success": [x["experiments_to_success"] for x in runs],
         }
@@ -198,8 +215,9 @@ def _command(args: argparse.Namespace) -> int:
     result = run_benchmark(args.config, args.budget, args.repeats, args.designers, _optimum(args.optimum),
                            args.seed, args.out, log=lambda line: print(line, file=sys.stderr, flush=True))
     for name, entry in result["designers"].items():
-        print(f"{name:>10}: success {entry['success_rate']:.0%}, median experiments to success "
-              f"{entry['experiments_to_success_median']}, {entry['candidates_per_s']:.0f} candidates/s")
+        print(f"{name:>10}: success {entry['success_rate']:.0%} of repeats, {entry['candidate_success_rate']:.0%} "
+              f"of candidates, median experiments to success {entry['experiments_to_success_median']}, "
+              f"{entry['candidates_per_s']:.3g} candidates/s")
     print(f"wrote {Path(args.out) / 'bench.json'}")
     return 0
 

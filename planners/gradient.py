@@ -32,7 +32,11 @@ optimism puts inside a narrow window the ones the mean puts closest win. Feature
 space parameter in order, a categorical as its distribution over its choices (one-hot when decoded),
 a continuous/integer parameter scaled to [0, 1]; then the composition's fractions in the space's
 element order. A callable may carry `.device` and `.dtype` attributes (default: cpu when it has no
-`.device`, float64).
+`.device`, float64). A structure-aware model (CHGNet through a crystal template,
+chgnet_predictor.py) also has `bind(candidates)`, called once to read the sites and charge patterns,
+and `latent_dim`: it then gets `model(X, latent=..., relaxed=...)` with per-candidate latent variables
+(its lattice) that the batch optimizes alongside the site logits, and may return a `penalty` [B]
+added to each candidate's loss (the lattice's relaxation down the energy).
 
 Losses (per candidate, summed): maximize → −(μ+κσ)/s, minimize → (μ−κσ)/s, with s the measured
 spread; target t ± tol → a hinge outside the window shrunk by a margin; outcome constraints → hinges
@@ -41,7 +45,8 @@ from Shannon radii of the site distributions when a `tolerance_factor` constrain
 sites are recognizable as A, B, X (names a_site/b_site/anion or the `roles` option).
 
 Throughput: after `propose` (or `optimize`), `last_timing` holds {"candidates", "steps", "rounds",
-"seconds", "candidate_optimizations_per_s"}: one candidate optimization = one candidate taken through
+"seconds", "candidate_optimizations_per_s"} and, after `propose`, "distinct" (how many distinct
+candidates the batch decoded to): one candidate optimization = one candidate taken through
 all steps and rounds, so the rate is n_candidates / wall time of the optimization (model fit excluded).
 On CPU, `propose` runs with one intra-op thread (option `single_thread`), restored afterwards.
 """
@@ -121,6 +126,10 @@ class GradientStrategy:
             self.dtype = torch.float32 if model == "ensemble" else torch.float64
         self.candidates = RelaxedCandidates(space, sites or {}, self.constraints, roles, self.device, self.dtype)
         self.template, self.roles = self.candidates.template, self.candidates.roles
+        for model in (self.predictor, self.prior):
+            if hasattr(model, "bind"):  # a structure-aware model reads the sites and charge patterns
+                model.bind(self.candidates)
+        self.latent_dim = int(getattr(self.predictor or self.prior, "latent_dim", 0))
         self.outputs = [o.name for o in self.objectives]
         self.outputs += [c.name for c in self.constraints if c.name not in self.outputs]
         self.fallback = SobolStrategy(space, objectives, seed)
@@ -128,9 +137,17 @@ class GradientStrategy:
         self.last_timing: dict[str, float] = {}
 
     # --- prediction and loss ----------------------------------------------------------------------
-    def _predict(self, X: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    @staticmethod
+    def _call(model: Predictor, X: torch.Tensor, relaxed: Mapping[str, torch.Tensor] | None,
+              latent: torch.Tensor | None) -> Mapping[str, Any]:
+        if getattr(model, "latent_dim", 0):
+            return model(X, latent=latent, relaxed=relaxed)
+        return model(X)
+
+    def _predict(self, X: torch.Tensor, relaxed: Mapping[str, torch.Tensor] | None = None,
+                 latent: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if self.predictor is not None:
-            raw = self.predictor(X)
+            raw = self._call(self.predictor, X, relaxed, latent)
             out = {}
             for name, value in raw.items():
                 if isinstance(value, (tuple, list)):
@@ -139,12 +156,14 @@ class GradientStrategy:
                     mean, sd = value, torch.zeros_like(value)
                 out[name] = (mean.reshape(-1), sd.reshape(-1))
             return out
-        prior = {k: v.reshape(-1) for k, v in self.prior(X).items()} if self.prior is not None else {}
+        prior = ({k: v.reshape(-1) for k, v in self._call(self.prior, X, relaxed, latent).items()}
+                 if self.prior is not None else {})
+        penalty = {"penalty": (prior["penalty"], torch.zeros_like(prior["penalty"]))} if "penalty" in prior else {}
         if self._model is None:  # the prior alone, before the first measurements
-            return {k: (v, torch.full_like(v, self.prior_sd)) for k, v in prior.items()}
+            return {**{k: (v, torch.full_like(v, self.prior_sd)) for k, v in prior.items() if k != "penalty"}, **penalty}
         mean, sd = self._model.predict(X)
-        return {name: (mean[:, i] + prior[name].to(mean.dtype) if name in prior else mean[:, i], sd[:, i])
-                for i, name in enumerate(self._model_outputs)}
+        return {**{name: (mean[:, i] + prior[name].to(mean.dtype) if name in prior else mean[:, i], sd[:, i])
+                   for i, name in enumerate(self._model_outputs)}, **penalty}
 
     def _losses(self, preds: Mapping[str, tuple[torch.Tensor, torch.Tensor]], kappa: float | torch.Tensor,
                 weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -182,8 +201,10 @@ class GradientStrategy:
             total = total + 10.0 * loss
         return total
 
-    def _all_preds(self, X: torch.Tensor, relaxed: Mapping[str, torch.Tensor] | None, hard: bool = False):
-        preds = self._predict(X)
+    def _all_preds(self, X: torch.Tensor, relaxed: Mapping[str, torch.Tensor] | None, hard: bool = False,
+                   latent: torch.Tensor | None = None):
+        # Decoded candidates (hard) are given to a model as their one-hot feature rows alone.
+        preds = self._predict(X, None if hard else relaxed, latent)
         if self.roles is not None and relaxed is not None:
             tf = self.candidates.tolerance_factor(relaxed, hard=relaxed.get("pattern_hard") if hard else None)
             preds["tolerance_factor"] = (tf, torch.zeros_like(tf))
@@ -266,6 +287,8 @@ class GradientStrategy:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + n_before)
         B = self.n_candidates
         params = self.candidates.init_params(B, gen)
+        if self.latent_dim:  # a model's own per-candidate variables (CHGNet: the lattice), from its start
+            params["latent"] = torch.zeros(B, self.latent_dim, dtype=self.dtype, device=self.device, requires_grad=True)
         # Every candidate gets its own exploration weight and objective weights (mean 1): the batch
         # spreads over several optima instead of collapsing onto one.
         kappa = (self.kappa * 2.0 * torch.rand(B, generator=gen, dtype=self.dtype)).to(self.device)
@@ -284,7 +307,11 @@ class GradientStrategy:
                 opt = torch.optim.Adam(list(params.values()), lr=self.lr)
             T = self.temperature(step)
             relaxed = self.candidates.relax(params, T)
-            loss = self._losses(self._all_preds(relaxed["features"], relaxed), kappa, weights)
+            preds = self._all_preds(relaxed["features"], relaxed, latent=params.get("latent"))
+            penalty = preds.pop("penalty", None)
+            loss = self._losses(preds, kappa, weights)
+            if penalty is not None:  # the model's own term (CHGNet: the lattice relaxes down the energy)
+                loss = loss + penalty[0].to(loss.dtype)
             if "comp_excess" in relaxed:
                 loss = loss + 100.0 * relaxed["comp_excess"]
             loss = loss + self._repel(relaxed["features"])
@@ -313,13 +340,18 @@ class GradientStrategy:
             return
         order = torch.argsort(loss.cpu())
         best, worst = order[:k], order[-k:]
-        for v in params.values():
+        for name, v in params.items():
             noise = self.mutation_noise * torch.randn(k, *v.shape[1:], generator=gen, dtype=v.dtype).to(v.device)
+            if name == "latent":  # a copy keeps its relaxed lattice: only the chemistry is perturbed
+                noise = torch.zeros_like(noise)
             v[worst.to(v.device)] = v[best.to(v.device)] + noise
 
     def _select(self, params: Mapping[str, torch.Tensor], history: list[Observation],
                 pending: list[Observation], n: int) -> list[Candidate]:
+        params = {k: v for k, v in params.items() if k != "latent"}  # decoded candidates are re-relaxed by the model
         rows, X, patterns = self.candidates.decode(params)
+        if self.last_timing:
+            self.last_timing["distinct"] = len({input_key(r) for r in rows})
         seen = {input_key(o.inputs) for o in [*history, *pending]}
         if len({input_key(r) for r in rows} - seen) < n and self.template.blocks:
             # The batch converged onto fewer unmeasured points than asked for (a small discrete space):
@@ -352,7 +384,7 @@ class GradientStrategy:
             predicted = {name: Prediction(mean=float(m[i]), sd=float(s[i])) for name, (m, s) in preds.items()}
             pattern = "" if patterns[i] is None else f", charges {self.template.patterns.describe(patterns[i])}"
             if self.predictor is not None:
-                source = "world model (oracle)"
+                source = getattr(self.predictor, "description", "world model (oracle)")
             elif self._model is None:
                 source = "prior alone"
             else:

@@ -276,6 +276,14 @@ class RelaxedCandidates:
         feats += [float(inputs[el]) for el in self.comp_elements]
         return torch.tensor(feats, dtype=self.dtype, device=self.device)
 
+    def feature_columns(self) -> dict[str, slice]:
+        """Each space parameter's columns in a feature row (the order of `features` and `relax`)."""
+        columns, j = {}, 0
+        for p in self.space.space.parameters:
+            width = len(p.choices) if isinstance(p, CategoricalParameter) else 1
+            columns[p.name], j = slice(j, j + width), j + width
+        return columns
+
     def length_scales(self, min_distance: float) -> torch.Tensor:
         """Per feature: 0.5 for a categorical choice, min_distance (or 0.02) for a continuous value."""
         scales = []

@@ -327,6 +327,10 @@ class PerovskiteWorld(ComputedWorld):
                          "abc": [round(v, 4) for v in structure.lattice.abc],
                          "angles": [round(v, 3) for v in structure.lattice.angles]}}
 
+    def reference_energy(self, element: str, charge: int, anion: str) -> float:
+        """eV per cation of the element's lowest-energy binary with the anion at that charge (cached)."""
+        return float(self._binary(element, charge, anion)["energy_per_cation"])
+
     def _binary(self, el: str, charge: int, x: str) -> dict[str, Any]:
         """The lowest-energy prototype of the binary of cation el^charge with the anion x (cached)."""
         z = -ANIONS[x]
