@@ -92,9 +92,9 @@ def load_chgnet() -> Any:
     """CHGNet's pretrained model (weights from its wheel), loaded once per process, in eval mode."""
     global _MODEL
     if _MODEL is None:
-        from athanor.simulators.chgnet_cache import MODEL_NAME, _quiet
+        from athanor.simulators.chgnet_cache import MODEL_NAME, quiet
 
-        with _quiet():
+        with quiet():
             from chgnet.model import CHGNet
 
             _MODEL = CHGNet.load(model_name=MODEL_NAME, use_device="cpu", verbose=False)
@@ -135,7 +135,7 @@ class _Topology:
         self._batched: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def batched(self, B: int) -> tuple[torch.Tensor, ...]:
-        """Index tensors of B copies (atom graph, directed→undirected, bond graph, atom owners)."""
+        """Index tensors of B copies (atom graph, directed→undirected, bond graph)."""
         if B not in self._batched:
             dev = self.atom_graph.device
             atom_shift = (torch.arange(B, device=dev) * self.n_atoms)
@@ -146,8 +146,7 @@ class _Topology:
             if self.bond_graph is not None:
                 shift = torch.stack([atom_shift, bond_shift, bond_shift], -1)
                 bond_graph = (self.bond_graph[None] + shift[:, None, :]).reshape(-1, 3)
-            owners = torch.arange(B, device=dev).repeat_interleave(self.n_atoms)
-            self._batched[B] = (atom_graph, d2u, bond_graph, owners)
+            self._batched[B] = (atom_graph, d2u, bond_graph)
         return self._batched[B]
 
 
@@ -324,7 +323,7 @@ class ChgnetPredictor:
         """CHGNet's message passing (chgnet.model.CHGNet._compute) on mixed atom features."""
         m = self.model
         B = a.shape[0]
-        atom_graph, d2u, bond_graph, owners = topo.batched(B)
+        atom_graph, d2u, bond_graph = topo.batched(B)
         lengths = (a[:, None] * topo.bond_lengths[None]).reshape(-1)
         rbf = m.bond_basis_expansion
         bases_ag, bases_bg = rbf.rbf_expansion_ag(lengths), rbf.rbf_expansion_bg(lengths)

@@ -45,7 +45,7 @@ def chgnet_version() -> str:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         previous = logging.root.manager.disable
@@ -66,7 +66,7 @@ def optimizer() -> Any:
         threads = int(os.environ.get("ATHANOR_TORCH_THREADS", "1"))
         if threads > 0:
             torch.set_num_threads(threads)
-        with _quiet():
+        with quiet():
             from chgnet.model import CHGNet, StructOptimizer
 
             model = CHGNet.load(model_name=MODEL_NAME, use_device="cpu", verbose=False)
@@ -79,7 +79,7 @@ def relax(structure: Any, *, fmax: float, steps: int) -> dict[str, Any]:
     """Relax atoms and cell; the final structure, its energy per atom (eV) and the steps taken."""
     opt = optimizer()
     calls["relax"] += 1
-    with _quiet():
+    with quiet():
         result = opt.relax(structure, fmax=fmax, steps=steps, relax_cell=True, ase_filter="UnitCellFilter",
                            verbose=False)
     final = result["final_structure"]
