@@ -67,9 +67,10 @@ def make_strategy(spec: Any, pool: Any = None) -> Any:
         # By default the measurements correct the pretrained prediction (a residual model): CHGNet is
         # the prior; `residual: false` trusts it alone.
         model = chgnet_model(spec, options)
-        options["predictor"] = None if options.pop("residual", True) else model
-        if options["predictor"] is None:
-            options["prior"] = model
+        if options.pop("residual", True):
+            options["predictor"], options["prior"] = None, model
+        else:
+            options["predictor"] = model
     return strategy_cls(DesignSpace(spec.space, pool), objectives=spec.objectives,
                         constraints=spec.outcome_constraints, seed=spec.seed, **options)
 

@@ -52,7 +52,7 @@ from athanor import registry
 from athanor.agents.designer import make_strategy
 from athanor.errors import AthanorError
 from athanor.objectives import feasible
-from athanor.planners.base import Observation
+from athanor.planners.base import Observation, input_key
 from athanor.planners.optim import project_to_simplex
 from athanor.simulators.base import InstrumentFault
 from athanor.spec import Campaign, DesignerSpec, load_campaign
@@ -130,7 +130,7 @@ def run_one(spec: Campaign, budget: int, optimum: dict[str, float]) -> dict[str,
         latencies.append(elapsed)
         timing = getattr(strategy, "last_timing", None) or {}
         counts.append(timing.get("candidates") or len(candidates))
-        distinct.append(timing.get("distinct") or len({tuple(sorted(c.inputs.items())) for c in candidates}))
+        distinct.append(timing.get("distinct") or len({input_key(c.inputs) for c in candidates}))
         for c in candidates:
             judged["proposed"] += 1
             sample = f"S{len(history) + 1:04d}"

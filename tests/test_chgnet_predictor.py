@@ -285,9 +285,15 @@ def test_chgnet_predictor_needs_a_world_with_reference_energies(spec, monkeypatc
         make_strategy(spec)
     typo = spec.model_copy(update={"designer": spec.designer.model_copy(
         update={"options": {**spec.designer.options, "template": "spinel"}})})
-    monkeypatch.setattr(registry, "make_world", lambda spec: type("W", (), {"reference_energy": table})())
+    monkeypatch.setattr(registry, "make_world", lambda spec: type("W", (), {"reference_energy": staticmethod(table)})())
     with pytest.raises(AthanorError, match="template: 'spinel' is not one of perovskite, double_perovskite"):
         make_strategy(typo)
+    corrected = make_strategy(spec)  # by default the measurements correct CHGNet: it is the prior
+    assert isinstance(corrected.prior, ChgnetPredictor) and corrected.predictor is None
+    alone = spec.model_copy(update={"designer": spec.designer.model_copy(
+        update={"options": {**spec.designer.options, "residual": False}})})
+    trusted = make_strategy(alone)
+    assert isinstance(trusted.predictor, ChgnetPredictor) and trusted.prior is None
 
 
 @pytest.mark.slow
