@@ -22,28 +22,30 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from bluesky import RunEngine
 
 from athanor import registry
 from athanor.agents.common import Agent
 from athanor.documents import DocumentSink
-from athanor.instruments.devices import ControlSystemError, epics_device, soft_device, use_caproto
+from athanor.instruments.devices import ControlSystemError, check_limits, epics_device, soft_device, use_caproto
 from athanor.instruments.stations import station_for
-from athanor.messages import CharacterizationRequest, SynthesisRecipe, SynthesisResult, to_wire
+from athanor.messages import CharacterizationRequest, Fault, SynthesisRecipe, SynthesisResult, to_wire
 from athanor.simulators.base import InstrumentFault
 
 
 class InstrumentAgent(Agent):
     def __init__(self, spec: dict[str, Any], campaign_id: str, name: str, store_url: str | None = None,
-                 channel_access: dict[str, str] | None = None):
+                 channel_access: dict[str, str] | None = None, wrap_world: Callable[[Any], Any] | None = None):
         super().__init__(spec, campaign_id)
         self.name = name
         self.role = f"instrument:{name}"
         self.config = self.spec.instrument_named(name)
         self.kind = self.config.role
         self.world = registry.make_world(self.spec)
+        if wrap_world is not None:
+            self.world = wrap_world(self.world)
         station = station_for(self.spec, self.config, self.world)
         hardware = station.hardware(self.world, self.spec)
         if self.config.backend == "epics":
@@ -52,9 +54,9 @@ class InstrumentAgent(Agent):
             os.environ.update(channel_access or {})  # where the IOC is: before the first PV is made
             use_caproto()
             devices = {dev: epics_device(type(hw), pv_prefix(self.spec, name, dev), f"{name}_{dev}",
-                                         self.config.timeout_s) for dev, hw in hardware.items()}
+                                         self.config.timeout_s, self.config.allowed(dev)) for dev, hw in hardware.items()}
         else:
-            devices = {dev: soft_device(hw, f"{name}_{dev}") for dev, hw in hardware.items()}
+            devices = {dev: soft_device(hw, f"{name}_{dev}", self.config.allowed(dev)) for dev, hw in hardware.items()}
         self.station = station(self.world, devices)
         self.devices = list(devices.values())
         # Signal handlers only work on a main thread, which an actor's worker is not.
@@ -97,6 +99,13 @@ class InstrumentAgent(Agent):
             message = self.receive(request, SynthesisRecipe if self.kind == "synthesis" else CharacterizationRequest)
             md = {"sample_id": message.sample_id, "idempotency_key": key, "step": step,
                   "campaign_id": self.campaign_id, "instrument": self.name}
+            beyond = check_limits(self.station.plan(message.model_dump(mode="json"), md))
+            if beyond:  # refused before anything moves: no run is opened, the sample fails with the reason
+                reply["message"] = to_wire(Fault(
+                    campaign_id=self.campaign_id, sample_id=message.sample_id, causation_id=message.id,
+                    sender=self.role, step=step, limit_violations=beyond,
+                    error=f"{self.name} refused the plan, beyond its limits: {'; '.join(beyond)}"))
+                return {**reply, "documents": []}
             self.engine(self.station.plan(message.model_dump(mode="json"), md))
             if isinstance(message, SynthesisRecipe):
                 reply["message"] = to_wire(SynthesisResult(

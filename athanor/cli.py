@@ -357,6 +357,10 @@ def build_parser(benchmarks: bool = True) -> argparse.ArgumentParser:
 
     add_lab_parser(sub)
 
+    from athanor.dryrun import add_parser as add_dry_run_parser
+
+    add_dry_run_parser(sub)
+
     world = sub.add_parser("world", help="simulated worlds")
     world_sub = world.add_subparsers(dest="world_command", required=True)
     evaluate = world_sub.add_parser("eval", help="print a world's noiseless measurement of one composition as JSON")

@@ -204,6 +204,7 @@ class Fault(Envelope):
     step: str
     error: str
     fatal_for_sample: bool = True
+    limit_violations: list[str] = []  # an instrument refused the step's plan before it moved anything: each setpoint beyond
 
 
 Message = Annotated[

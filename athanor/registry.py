@@ -93,5 +93,17 @@ def check_plugins(spec: Any) -> None:
     make_route(spec)
     from athanor.instruments.stations import station_for
 
-    for instrument in spec.instruments:
-        station_for(spec, instrument, world)
+    for n, instrument in enumerate(spec.instruments):
+        hardware = station_for(spec, instrument, world).hardware(world, spec)
+        for where in instrument.limits:
+            device, _, channel = where.partition(".")
+            channels = {c.name: c for c in type(hardware[device]).all_channels()} if device in hardware else {}
+            if device not in hardware:
+                problems.append(f"instruments.{n}.limits.{where}: {instrument.name} has no device {device!r}; "
+                                f"its devices: {', '.join(hardware)}")
+            elif channel not in channels or not channels[channel].writable:
+                settable = [c for c, ch in channels.items() if ch.writable and ch.dtype in ("float", "int", "array")]
+                problems.append(f"instruments.{n}.limits.{where}: {device} has no setpoint {channel!r}; "
+                                f"its numeric setpoints: {', '.join(settable)}")
+    if problems:
+        raise SpecError("campaign", problems)

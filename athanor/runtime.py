@@ -6,7 +6,7 @@ import copy
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
@@ -112,13 +112,15 @@ class InProcess:
 
 
 def local_agents(spec: Campaign, campaign_id: str, store_url: str | None = None,
-                 channel_access: dict[str, str] | None = None) -> Agents:
-    """The campaign's agents as plain objects in this process (see `InProcess`)."""
+                 channel_access: dict[str, str] | None = None,
+                 wrap_world: Callable[[Any], Any] | None = None) -> Agents:
+    """The campaign's agents as plain objects in this process (see `InProcess`); `wrap_world` wraps each
+    instrument's world (athanor.testing.FaultyWorld injects faults)."""
     wire = spec.model_dump(mode="json")
     return Agents(
         designer=InProcess(DesignerAgent(wire, campaign_id)), planner=InProcess(PlannerAgent(wire, campaign_id)),
         characterizer=InProcess(CharacterizerAgent(wire, campaign_id)), learner=InProcess(LearnerAgent(wire, campaign_id)),
-        instruments={i.name: InProcess(InstrumentAgent(wire, campaign_id, i.name, store_url, channel_access))
+        instruments={i.name: InProcess(InstrumentAgent(wire, campaign_id, i.name, store_url, channel_access, wrap_world))
                      for i in spec.instruments})
 
 

@@ -230,6 +230,27 @@ class InstrumentSpec(_Strict):
         "or the control system lost the instrument): run it again as a new run, fail the sample, or ask an "
         "operator (default: retry for characterization, ask for synthesis)")
 
+    limits: dict[str, tuple[float | None, float | None]] = Field(
+        default={}, description="'device.channel': [low, high] a setpoint must stay within (null: that side "
+        "unbounded), replacing the hardware's own: every plan is checked against them before it moves anything")
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, limits: dict[str, tuple[float | None, float | None]]) -> dict[str, tuple[float | None, float | None]]:
+        for where, (low, high) in limits.items():
+            device, dot, channel = where.partition(".")
+            if not (device and dot and channel) or "." in channel:
+                raise ValueError(f"limits key {where!r}: expected 'device.channel', e.g. 'furnace.program_temperatures'")
+            if any(v is not None and not math.isfinite(v) for v in (low, high)):
+                raise ValueError(f"limits of {where}: [{low}, {high}] must be finite numbers or null")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"limits of {where}: the lower limit {low:g} is above the upper limit {high:g}")
+        return limits
+
+    def allowed(self, device: str) -> dict[str, tuple[float | None, float | None]]:
+        """This instrument's limits for one of its devices: channel -> (low, high)."""
+        return {k.partition(".")[2]: v for k, v in self.limits.items() if k.partition(".")[0] == device}
+
     @property
     def interrupted_policy(self) -> str:
         return self.on_interrupted or ("retry" if self.role == "characterization" else "ask")

@@ -1,13 +1,17 @@
 """ophyd devices for the lab's hardware, on either backend, with the same components.
 
-`soft_device(hardware, name)`: the `simulated` backend. Every channel of the `Hardware` is a soft
-`Signal`; `trigger()` hands the setpoints to the hardware, runs its action in this process and
+`soft_device(hardware, name, allowed)`: the `simulated` backend. Every channel of the `Hardware` is a
+soft `Signal`; `trigger()` hands the setpoints to the hardware, runs its action in this process and
 publishes the readbacks.
 
 `epics_device(hardware_class, pv_prefix, name, timeout_s)`: the `epics` backend. Every channel is an
 `EpicsSignal` (writable) or `EpicsSignalRO` at `{pv_prefix}{channel}`, over Channel Access (caproto's
 client); `trigger()` writes 1 to `{pv_prefix}acquire` and waits for the put to complete — the IOC
 completes it when the action is done — at most `timeout_s`, then reads `error`.
+
+A setpoint with limits (the hardware's `Channel.limits`, or the campaign's `instruments[].limits`) is a
+signal whose `check_value` refuses a value outside them, on either backend: every `put` consults it, and
+`check_limits(plan)` runs a whole plan past them before anything moves, as bluesky's simulators do.
 
 Failures come back in the status, as hardware's do: an `InstrumentFault` when the instrument itself
 reports one (the step failed: a cracked crucible, a detector dropout); a `ControlSystemError` when the
@@ -22,8 +26,10 @@ import time
 from typing import Any
 
 from ophyd import Component as Cpt
+import numpy as np
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
+from ophyd.utils import LimitError
 
 from athanor.instruments.hardware import Hardware
 from athanor.simulators.base import InstrumentFault
@@ -33,6 +39,55 @@ CONNECT_TIMEOUT_S = 5.0  # one attempt to reach an instrument's PVs (the first s
 
 class ControlSystemError(RuntimeError):
     """The control system lost the instrument: a disconnected PV, an action that did not complete in time."""
+
+
+Range = tuple[float | None, float | None]
+
+
+def allowed_ranges(hardware_class: type[Hardware], overrides: dict[str, Range] | None = None) -> dict[str, Range]:
+    """Channel -> (low, high) for every limited setpoint: the hardware's own, replaced by `overrides`."""
+    ranges: dict[str, Range] = {c.name: c.limits for c in hardware_class.all_channels() if c.limits is not None}
+    ranges.update(overrides or {})
+    return ranges
+
+
+class _InRange:
+    """A setpoint that refuses values outside (low, high), elementwise for an array (a furnace program)."""
+
+    allowed: Range = (None, None)
+    units: str = ""
+
+    def check_value(self, value: Any, **kwargs: Any) -> None:
+        super().check_value(value, **kwargs)  # type: ignore[misc]
+        low, high = self.allowed
+        values = np.atleast_1d(np.asarray(value, dtype=float))
+        units = f" {self.units}" if self.units else ""
+        if low is not None and not (values >= low).all():
+            worst = values[~(values >= low)][0]
+            raise LimitError(f"{self.name} = {worst:g}{units} is below its lower limit {low:g}{units}")
+        if high is not None and not (values <= high).all():
+            worst = values[~(values <= high)][0]
+            raise LimitError(f"{self.name} = {worst:g}{units} is above its upper limit {high:g}{units}")
+
+
+class LimitedSignal(_InRange, Signal):
+    def __init__(self, *args: Any, allowed: Range = (None, None), units: str = "", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.allowed, self.units = allowed, units
+
+
+def check_limits(plan: Any) -> list[str]:
+    """Every setpoint a plan would send outside its signal's limits, said in one line each (the plan is
+    iterated, not run: nothing moves). bluesky.simulators.check_limits stops at the first; a lab wants
+    them all."""
+    problems = []
+    for msg in plan:
+        if msg.command == "set" and hasattr(msg.obj, "check_value"):
+            try:
+                msg.obj.check_value(msg.args[0])
+            except (LimitError, ValueError) as exc:
+                problems.append(str(exc))
+    return problems
 
 
 class _SoftDevice(Device):
@@ -57,9 +112,11 @@ class _SoftDevice(Device):
         return status
 
 
-def soft_device(hardware: Hardware, name: str) -> Device:
-    """The hardware in this process, its channels as soft signals."""
-    components = {c.name: Cpt(Signal, value=c.initial, kind=c.kind)
+def soft_device(hardware: Hardware, name: str, allowed: dict[str, Range] | None = None) -> Device:
+    """The hardware in this process, its channels as soft signals; `allowed` overrides its limits."""
+    ranges = allowed_ranges(type(hardware), allowed)
+    components = {c.name: Cpt(LimitedSignal, value=c.initial, kind=c.kind, allowed=ranges[c.name], units=c.units)
+                  if c.name in ranges else Cpt(Signal, value=c.initial, kind=c.kind)
                   for c in hardware.all_channels()}
     cls = type(f"Simulated{type(hardware).__name__}", (_SoftDevice,), components)
     device = cls(name=name)
@@ -112,9 +169,15 @@ class _EpicsDevice(Device):
                 raise ControlSystemError(f"{signal.pvname} does not answer (is the IOC running?)") from None
 
 
-def epics_device(hardware_class: type[Hardware], pv_prefix: str, name: str, timeout_s: float = 60.0) -> Device:
-    """The hardware behind an IOC, its channels as PVs `{pv_prefix}{channel}`."""
+def epics_device(hardware_class: type[Hardware], pv_prefix: str, name: str, timeout_s: float = 60.0,
+                 allowed: dict[str, Range] | None = None) -> Device:
+    """The hardware behind an IOC, its channels as PVs `{pv_prefix}{channel}`; `allowed` overrides its limits."""
     from ophyd.signal import EpicsSignal, EpicsSignalRO
+
+    class LimitedEpicsSignal(_InRange, EpicsSignal):
+        pass
+
+    ranges = allowed_ranges(hardware_class, allowed)
 
     common = {"timeout": CONNECT_TIMEOUT_S, "connection_timeout": CONNECT_TIMEOUT_S}
     # A put waits for its completion at most timeout_s: ophyd's default waits forever, so an IOC that
@@ -124,12 +187,19 @@ def epics_device(hardware_class: type[Hardware], pv_prefix: str, name: str, time
         "acquire": Cpt(EpicsSignal, "acquire", put_complete=True, kind="omitted", **writes)}
     for c in hardware_class.all_channels():
         text = c.dtype in ("text", "str")
-        if c.writable:
+        if c.writable and c.name in ranges:
+            components[c.name] = Cpt(LimitedEpicsSignal, c.name, put_complete=True, string=text, kind=c.kind, **writes)
+        elif c.writable:
             components[c.name] = Cpt(EpicsSignal, c.name, put_complete=True, string=text, kind=c.kind, **writes)
         else:
             components[c.name] = Cpt(EpicsSignalRO, c.name, string=text, kind=c.kind, **common)
     cls = type(f"Epics{hardware_class.__name__}", (_EpicsDevice,), components)
     device = cls(pv_prefix, name=name)
+    for channel, allowed_range in ranges.items():
+        signal = getattr(device, channel, None)
+        if isinstance(signal, _InRange):
+            signal.allowed = allowed_range
+            signal.units = next(c.units for c in hardware_class.all_channels() if c.name == channel)
     device.timeout_s = timeout_s
     device.outputs = dict(getattr(hardware_class, "outputs", {}))
     return device

@@ -39,6 +39,7 @@ class Channel:
     kind: str = "normal"  # ophyd's: "hinted" (plotted), "normal" (read), "config" (described once)
     units: str = ""
     default: Any = None
+    limits: tuple[float, float] | None = None  # what the controller accepts (low, high), as an EPICS DRVL/DRVH
 
     @property
     def initial(self) -> Any:
@@ -96,7 +97,7 @@ class PowderDoser(Hardware):
 
     channels = tuple(c for i in range(1, N_HOPPERS + 1) for c in (
         Channel(f"hopper{i}_powder", "str", writable=True),
-        Channel(f"hopper{i}_mass_sp", "float", writable=True, units="g"),
+        Channel(f"hopper{i}_mass_sp", "float", writable=True, units="g", limits=(0.0, 25.0)),
         Channel(f"hopper{i}_mass", "float", kind="hinted", units="g"))) + (
         Channel("total_mass", "float", units="g"),)
 
@@ -133,9 +134,10 @@ class Furnace(Hardware):
     the thermocouple's reading, `peak_temperature` the hottest it read in the last firing."""
 
     channels = (
-        Channel("program_temperatures", "array", writable=True, units="degC"),
-        Channel("program_dwells", "array", writable=True, units="h"),
-        Channel("ramp_rate", "float", writable=True, units="degC/min", default=5.0),
+        # A high-temperature box furnace (MoSi2 elements): a campaign's `limits` narrow these to its own.
+        Channel("program_temperatures", "array", writable=True, units="degC", limits=(0.0, 1600.0)),
+        Channel("program_dwells", "array", writable=True, units="h", limits=(0.0, 100.0)),
+        Channel("ramp_rate", "float", writable=True, units="degC/min", default=5.0, limits=(0.1, 30.0)),
         Channel("atmosphere", "str", writable=True, default="air"),
         Channel("setpoint", "float", units="degC", default=25.0),
         Channel("temperature", "float", kind="hinted", units="degC", default=25.0),
