@@ -26,6 +26,7 @@ from athanor.conductor import Conductor
 from athanor.runtime import local_agents
 from athanor.spec import load_campaign
 from athanor.store import Store
+from athanor.testing import assert_invariants
 from conftest import P3HT_OBJECTIVE, write_campaign
 from helpers_proc import kill, samples, start_run, wait_for
 
@@ -88,9 +89,10 @@ def test_killed_at_any_point_loses_nothing_and_never_runs_a_key_twice(tmp_path, 
         wait_for(lambda: _events(out).count("resumed") == len(killed_during), timeout=120, what="the resume")
     finish(process, out, approved)
 
-    store, _ = open_run(out)
+    store, spec = open_run(out)
     after = store.samples()
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    assert_invariants(store, spec, out)  # the testing kit's checks agree with what follows
     assert [s["id"] for s in after] == [f"S{i:04d}" for i in range(1, BUDGET + 1)] == sorted(want)
     assert all(s["state"] == "learned" for s in after), [(s["id"], s["state"], s["error"]) for s in after]
     # the same campaign as without the kills: same rows, same readings (noise is seeded by sample and step)

@@ -26,6 +26,7 @@ from athanor.runtime import InProcess, local_agents
 from athanor.spec import load_campaign
 from athanor.store import Store
 from athanor.tables import DocumentRow
+from athanor.testing import assert_invariants
 from conftest import DATA, P3HT_INPUTS, P3HT_OBJECTIVE, write_campaign
 
 
@@ -110,6 +111,7 @@ def truth(sample_id: str, store: Store) -> float:
 def test_an_uninterrupted_in_process_campaign_runs_each_step_once(tmp_path):
     spec, store = campaign(tmp_path)
     assert resume(spec, store) == "completed"
+    assert_invariants(store, spec)
     samples = store.samples()
     assert [s["state"] for s in samples] == ["learned"] * 6
     for s in samples:
@@ -139,6 +141,7 @@ def test_a_run_that_finished_before_the_crash_is_recovered_from_its_documents(tm
     assert len(result) == 1 and result[0].run_uids == _runs(store, "eo-0001:S0003:synthesize")
     assert result[0].product["pool_index"] == store.sample("S0003")["pool_index"]
     assert store.sample("S0003")["state"] == "learned" and store.sample("S0003")["interrupted"] is None
+    assert_invariants(store, spec)  # the testing kit agrees
 
 
 def test_an_interrupted_synthesis_asks_an_operator_and_runs_again_only_when_approved(tmp_path):
@@ -169,6 +172,7 @@ def test_an_interrupted_synthesis_asks_an_operator_and_runs_again_only_when_appr
     [interrupted] = store.events("S0003", kind="step_interrupted")
     assert interrupted.action == "ask" and interrupted.idempotency_key == "eo-0001:S0003:synthesize"
     assert [a["decided_by"] for a in store.approvals() if a["sample_id"] == "S0003"] == ["policy:auto", "ada"]
+    assert_invariants(store, spec)  # the testing kit agrees
 
 
 def test_an_operator_who_rejects_the_retry_fails_the_sample_and_keeps_its_documents(tmp_path):
@@ -190,6 +194,7 @@ def test_an_operator_who_rejects_the_retry_fails_the_sample_and_keeps_its_docume
     assert failed["state"] == "failed" and "crucible cracked" in failed["error"] and "interrupted" in failed["error"]
     assert starts(store, "S0002", "synthesize") == {"eo-0001:S0002:synthesize": 1}
     assert [d["name"] for d in store.documents("S0002")] == ["start"]
+    assert_invariants(store, spec)  # the testing kit agrees
 
 
 def test_an_interrupted_measurement_is_retried_by_default(tmp_path):
@@ -202,6 +207,7 @@ def test_an_interrupted_measurement_is_retried_by_default(tmp_path):
                                                        "eo-0001:S0004:characterize:2": 1}
     assert store.sample("S0004")["state"] == "learned"
     assert store.events("S0004", kind="step_interrupted")[0].action == "retry"
+    assert_invariants(store, spec)  # the testing kit agrees
 
 
 def test_policy_fail_fails_the_sample(tmp_path):

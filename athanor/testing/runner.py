@@ -40,16 +40,21 @@ def approve_all(sample: dict[str, Any]) -> bool:
 
 
 def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` laid over it, mappings merged key by key (lists and values replaced)."""
+    """`base` with each override laid over its section: the fields an override gives replace the
+    section's (one level deep: `space={"composition": {...}}` replaces the whole composition, and
+    `world={"failure_rate": 0.2}` keeps the world's kind); a section given as a list or value replaces it."""
     out = copy.deepcopy(base)
     for key, value in overrides.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        section = out.get(key)
+        out[key] = {**section, **copy.deepcopy(value)} if isinstance(value, dict) and isinstance(section, dict) \
+            else copy.deepcopy(value)
     return out
 
 
 def campaign_file(path: str | Path, base: str | Path | dict[str, Any] | None = None, **overrides: Any) -> Path:
     """Write a campaign file: `base` (a campaign file, a mapping, or a small alloy campaign when None)
-    with `overrides` merged in, e.g. `budget={"experiments": 6}, world={"failure_rate": 0.2}`."""
+    with `overrides` laid over its sections (see `merged`), e.g. `budget={"experiments": 6},
+    world={"failure_rate": 0.2}`."""
     if base is None:
         data = DEFAULT_CAMPAIGN
     elif isinstance(base, dict):
