@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable
 
 from bluesky import RunEngine
+from ophyd.utils import LimitError
 
 from athanor import registry
 from athanor.agents.common import Agent
@@ -120,6 +121,8 @@ class InstrumentAgent(Agent):
                 reply["lost"] = f"{self.name}: {cause}"
             else:
                 reply["message"] = self.fault(request, step, cause)
+                if isinstance(cause, LimitError):  # refused by a setpoint mid-plan (a plan that computes one)
+                    reply["message"]["limit_violations"] = [str(cause)]
         finally:
             self.engine.unsubscribe(token)
         return {**reply, "documents": self.sink.documents}

@@ -166,7 +166,7 @@ class ChatSession:
                  "inputs are checked against the design space; the revised candidate is planned again and judged "
                  "again by the campaign's approval policy."),
             tool(self._pause, NoArgs, "Pause the campaign: steps under way finish, nothing new starts."),
-            tool(self._resume, NoArgs, "Resume a paused campaign."),
+            tool(self._resume, NoArgs, "Unpause a paused campaign: new steps start again."),
             tool(self._set_batch_size, BatchSizeArgs, "Set how many candidates the designer proposes at a time."),
             tool(self._undo, NoArgs, "Take back what this chat last carried out, if the conductor has not taken "
                  "it up yet."),

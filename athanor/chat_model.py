@@ -23,9 +23,10 @@ HELP = """I understand exactly these, and nothing else (a message I cannot read 
   approve all | approve all except 2   every candidate awaiting approval (but not 2)
   approve 5 to 8, skip 6               skip, hold off on, don't approve: leave a candidate waiting
   reject 4: too much Pb                reject, with a reason (it runs to the end, or to a ';')
-  edit 3 Sr=0.5 Ba=0.5 because ...     change inputs of a candidate (checked against the design space;
-                                       quote names with spaces: edit 3 "P3HT content (%)"=20)
-  pause | resume | batch size 2        stop starting new steps | carry on | candidates per request
+  edit 3 Sr=0.5 Ba=0.5 because ...     revise a candidate's inputs (checked against the design space;
+                                       quote names with spaces: edit 3 "P3HT content (%)"=20): it is
+                                       planned again and waits for approval again; it is not approved
+  pause | unpause | batch size 2       stop starting new steps | carry on | candidates per request
   undo                                 take back what I last carried out, if the conductor has not yet
 Several commands go in one message, separated by ';' or ','. Conditions ("if its cost is low") are not
 understood. Before acting on more than one candidate I list them and wait for your 'yes'."""

@@ -112,25 +112,27 @@ def dry_run(config: str | Path, out: str | Path | None = None, experiments: int 
         + f"; run folder {out}")
     for note in notes:
         say(f"  {note}")
-    started_ray = connect("local")
     snapshots: list[dict[str, dict[str, float]]] = []
     try:
-        address = ray.get_runtime_context().gcs_address
-        for crash in [*report.crash_at, None]:
-            session = _session(store, spec, out, address, crash, len(report.sessions) + 1)
-            report.sessions.append(session)
-            report.decisions += len(session["decided"])
-            if not session["killed"]:
-                break
-            snapshots.append({s["id"]: s["values"] for s in store.samples() if s["values"]})
+        started_ray = connect("local")
+        try:
+            address = ray.get_runtime_context().gcs_address
+            for crash in [*report.crash_at, None]:
+                session = _session(store, spec, out, address, crash, len(report.sessions) + 1)
+                report.sessions.append(session)
+                report.decisions += len(session["decided"])
+                if not session["killed"]:
+                    break
+                snapshots.append({s["id"]: s["values"] for s in store.samples() if s["values"]})
+        finally:
+            if started_ray:
+                ray.shutdown()
+        report.checks = [*check_campaign(store, spec, out, snapshots), _check_sessions(report)]
+        report.times = step_times(store)
+        report.states = dict(Counter(s["state"] for s in store.samples()))
     finally:
-        if started_ray:
-            ray.shutdown()
-    report.checks = [*check_campaign(store, spec, out, snapshots), _check_sessions(report)]
-    report.times = step_times(store)
-    report.states = dict(Counter(s["state"] for s in store.samples()))
+        store.close()
     report.wall_s = time.monotonic() - begun
-    store.close()
     return report
 
 
@@ -158,9 +160,10 @@ def _session(store: Any, spec: Campaign, out: Path, address: str, crash: int | N
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
     tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-3:]
-    return {"number": number, "crash_after": crash, "exit": child.returncode, "killed": child.returncode == -signal.SIGKILL,
-            "wall_s": time.monotonic() - begun, "decided": decided, "log": str(log),
-            "timed_out": time.monotonic() - begun > SESSION_TIMEOUT_S, "tail": tail}
+    timed_out = time.monotonic() - begun > SESSION_TIMEOUT_S
+    return {"number": number, "crash_after": crash, "exit": child.returncode, "timed_out": timed_out,
+            "killed": child.returncode == -signal.SIGKILL and not timed_out,
+            "wall_s": time.monotonic() - begun, "decided": decided, "log": str(log), "tail": tail}
 
 
 def _check_sessions(report: DryRunReport) -> Check:
@@ -171,10 +174,10 @@ def _check_sessions(report: DryRunReport) -> Check:
     for s in report.sessions:
         if s["timed_out"]:
             check.violations.append(f"session {s['number']} did not finish within {SESSION_TIMEOUT_S:g} s ({s['log']})")
-        elif s["crash_after"] is not None and not s["killed"]:
+        elif s["crash_after"] is not None and not s["killed"] and s["exit"] == 0:
             check.violations.append(f"the kill after instrument step {s['crash_after']} never happened: the campaign "
-                                    f"ended first (exit {s['exit']})")
-        elif s["crash_after"] is None and s["exit"] != 0:
+                                    "ended first")
+        elif not s["killed"] and s["exit"] != 0:
             check.violations.append(f"session {s['number']} exited {s['exit']}: {' | '.join(s['tail'])} ({s['log']})")
     return check
 
@@ -246,6 +249,7 @@ def format_report(report: DryRunReport) -> str:
     lines = []
     for s in report.sessions:
         how = (f"killed after instrument step {s['crash_after']}" if s["killed"] else
+               f"stopped after {SESSION_TIMEOUT_S:g} s" if s["timed_out"] else
                "ran to the end" if s["exit"] == 0 else f"exited {s['exit']}")
         lines.append(f"session {s['number']}: {how} in {s['wall_s']:.1f} s"
                      + (f"; the scripted operator approved {len(s['decided'])}" if s["decided"] else ""))
@@ -300,12 +304,21 @@ def run_command(args: argparse.Namespace) -> int:
     if any(k < 1 for k in args.crash_at):
         raise AthanorError(f"--crash-at counts instrument steps from 1; got {' '.join(map(str, args.crash_at))}")
     from athanor.spec import load_campaign
+    from athanor.testing.invariants import Check
 
     names = [load_campaign(c).campaign for c in args.configs]  # every file refused before anything runs
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice and args.out is not None:
+        raise AthanorError(f"campaign {twice[0]!r} is named by two files; with --out each needs its own name")
     reports = []
     for config, name in zip(args.configs, names):
         out = None if args.out is None else (Path(args.out) / name if len(args.configs) > 1 else Path(args.out))
-        report = dry_run(config, out, args.experiments, args.faults, args.crash_at)
+        try:
+            report = dry_run(config, out, args.experiments, args.faults, args.crash_at)
+        except AthanorError as exc:  # it could not run (Ray, a folder): a failure of this campaign, not the file's
+            print(f"athanor: error: {name}: {exc}", file=sys.stderr)
+            report = DryRunReport(str(config), load_campaign(config), Path(out or "."), list(args.crash_at),
+                                  checks=[Check("dry_run_ran", "the dry run could start the campaign", [str(exc)])])
         print(format_report(report))
         reports.append(report)
     if args.junit:
@@ -318,8 +331,7 @@ def run_command(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     dry = sub.add_parser(
         "dry-run", help="run campaigns against their simulated worlds and check what Athanor promises; exit 1 "
-        "naming each violation", description=__doc__.split("\n\n")[0],
-        epilog="example: athanor dry-run configs/solid_state_demo.yaml --crash-at 3 --faults 0.1 --junit dry-run.xml")
+        "naming each violation", description=__doc__.split("\n\n")[0])
     dry.add_argument("configs", nargs="+", metavar="CONFIG", help="campaign files (YAML)")
     dry.add_argument("--experiments", type=int, metavar="N", help="experiment budget (default: the file's)")
     dry.add_argument("--faults", type=float, metavar="RATE", help="probability that an instrument step faults "

@@ -39,6 +39,7 @@ BUILTIN = {
 }
 
 
+NUMERIC = ("float", "int", "array")  # channel types a limit applies to
 KIND = {"athanor.strategies": "strategy", "athanor.routes": "synthesis route", "athanor.worlds": "world",
         "athanor.instruments": "instrument kind"}
 
@@ -101,8 +102,8 @@ def check_plugins(spec: Any) -> None:
             if device not in hardware:
                 problems.append(f"instruments.{n}.limits.{where}: {instrument.name} has no device {device!r}; "
                                 f"its devices: {', '.join(hardware)}")
-            elif channel not in channels or not channels[channel].writable:
-                settable = [c for c, ch in channels.items() if ch.writable and ch.dtype in ("float", "int", "array")]
+            elif channel not in channels or not channels[channel].writable or channels[channel].dtype not in NUMERIC:
+                settable = [c for c, ch in channels.items() if ch.writable and ch.dtype in NUMERIC]
                 problems.append(f"instruments.{n}.limits.{where}: {device} has no setpoint {channel!r}; "
                                 f"its numeric setpoints: {', '.join(settable)}")
     if problems:

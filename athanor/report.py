@@ -10,7 +10,8 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from athanor.messages import Measurement, SynthesisResult
-from athanor.objectives import best_sample, utility
+from athanor.errors import AthanorError
+from athanor.objectives import best_sample, expected_best_of_random, utility
 from athanor.spec import Campaign
 from athanor.store import Store
 
@@ -39,6 +40,33 @@ def instrument_time(store: Store) -> dict[str, float]:
     return dict(busy)
 
 
+def pool_outcomes(spec: Campaign, name: str) -> pd.Series | None:
+    """Every outcome a pool space can give for `name`, when its dataset tabulates it (a replayed dataset):
+    what the campaign's progress is measured against. None for computed spaces."""
+    from athanor.pool import load_pool
+
+    if spec.space.pool is None:
+        return None
+    try:
+        return load_pool(spec.space.pool.dataset, spec.space.pool.inputs, [name])[name]
+    except AthanorError:
+        return None
+
+
+def references(spec: Campaign, n_measured: int) -> dict[str, dict[str, float]]:
+    """For each objective a pool tabulates: the pool's best, and the best random sampling of as many
+    rows would be expected to have found (what shows that the designer learned)."""
+    found = {}
+    for objective in spec.objectives:
+        values = pool_outcomes(spec, objective.name) if objective.direction != "target" else None
+        if values is None or not n_measured:
+            continue
+        best = max(values, key=lambda v: utility(v, objective))
+        found[objective.name] = {"pool_best": float(best), "pool_rows": len(values),
+                                 "random_expected_best": expected_best_of_random(values, objective, [n_measured])[0]}
+    return found
+
+
 def summarize(store: Store, spec: Campaign, status: str) -> dict[str, Any]:
     samples = store.samples()
     best = best_sample(samples, spec.objectives, spec.outcome_constraints)
@@ -57,6 +85,7 @@ def summarize(store: Store, spec: Campaign, status: str) -> dict[str, Any]:
         "n_awaiting_approval": sum(s["awaiting_approval"] for s in samples),
         "budget": spec.budget.experiments,
         "best": {"sample_id": best["id"], "inputs": best["inputs"], "objectives": best["values"]} if best else None,
+        "reference": references(spec, sum(bool(s["values"]) for s in samples)),
         "wall_s": round(wall, 3),
         "instrument_s": {k: round(v, 3) for k, v in busy.items()},
         # The busiest instrument bounds the wall time; the rest is the platform's own cost.
@@ -117,13 +146,20 @@ def plot_progress(samples: list[dict[str, Any]], spec: Campaign, path: Path) -> 
             best_so_far.append(best)
         x = range(1, len(values) + 1)
         ax.plot(x, values, "o", ms=3, alpha=0.4, label="measured")
-        ax.step(x, best_so_far, where="post", lw=2, label="best so far")
+        ax.step(x, best_so_far, where="post", lw=2, label=f"best so far ({spec.designer.strategy})")
+        pool = pool_outcomes(spec, objective.name) if objective.direction != "target" and values else None
+        if pool is not None:
+            ax.plot(x, expected_best_of_random(pool, objective, list(x)), "--", color="grey",
+                    label="random sampling, expected best")
+            ax.axhline(max(pool, key=lambda v: utility(v, objective)), ls=":", color="green", lw=1.5,
+                       label=f"best of the {len(pool)} rows")
+            ax.margins(y=0.1)
         if objective.direction == "target":
             ax.axhspan(objective.target - objective.tolerance, objective.target + objective.tolerance,
                        alpha=0.15, color="green", label="target")
         ax.set_xlabel("experiment")
         ax.set_ylabel(objective.name)
-        ax.set_title(f"{spec.campaign}: {objective.direction}", fontsize=9)
+        ax.set_title(f"{spec.campaign}: {objective.direction} {objective.name}", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,15 +175,18 @@ def write_outputs(store: Store, spec: Campaign, out: Path, status: str) -> dict[
     return summary
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The table `athanor run` ends with."""
+def format_summary(summary: dict[str, Any], waited_s: float | None = None, startup_s: float | None = None) -> str:
+    """The table `athanor run` ends with; `waited_s`: how long the command took, `startup_s` of it
+    until Ray and the agents were ready (the campaign's own wall time starts after)."""
     lines = [
         ("campaign", summary["campaign"]),
         ("status", summary["status"]),
         ("experiments", f"{summary['n_experiments']} of {summary['budget']} "
                         f"({summary['n_measured']} measured, {summary['n_failed']} failed, "
                         f"{summary['n_rejected']} rejected)"),
-        ("wall time", f"{summary['wall_s']:.1f} s"),
+        ("wall time", f"{summary['wall_s']:.1f} s" + (
+            f" (you waited {waited_s:.1f} s" + (f", {startup_s:.1f} s of it starting Ray and the agents"
+                                               if startup_s is not None else "") + ")" if waited_s is not None else "")),
     ]
     if summary["overhead_per_experiment_s"] is not None:
         lines.append(("overhead/experiment", f"{summary['overhead_per_experiment_s'] * 1000:.0f} ms"))
@@ -156,6 +195,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(("best sample", best["sample_id"]))
         lines += [(f"  {k}", f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in best["inputs"].items()]
         lines += [(f"  -> {k}", f"{v:.6g}") for k, v in best["objectives"].items()]
+        ref = (summary.get("reference") or {}).get(next(iter(best["objectives"]), ""))
+        if ref:  # the first objective, the one "best" is best on
+            lines.append((f"  best of the {ref['pool_rows']} rows", f"{ref['pool_best']:.6g}"))
+            lines.append(("  random sampling, expected", f"{ref['random_expected_best']:.6g} after "
+                                                         f"{summary['n_measured']} (see plots/progress.png)"))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
 

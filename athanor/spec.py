@@ -231,8 +231,9 @@ class InstrumentSpec(_Strict):
         "operator (default: retry for characterization, ask for synthesis)")
 
     limits: dict[str, tuple[float | None, float | None]] = Field(
-        default={}, description="'device.channel': [low, high] a setpoint must stay within (null: that side "
-        "unbounded), replacing the hardware's own: every plan is checked against them before it moves anything")
+        default={}, description="'device.channel': [low, high] a numeric setpoint must stay within (null: the "
+        "hardware's own on that side), narrowing the hardware's limits: every plan is checked against them "
+        "before it moves anything")
 
     @field_validator("limits")
     @classmethod

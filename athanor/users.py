@@ -157,14 +157,14 @@ def add_parser(sub: Any) -> None:
     users = sub.add_parser("users", help="operators and viewers, and their tokens ($ATHANOR_HOME/users.json)")
     actions = users.add_subparsers(dest="users_command", required=True)
     add = actions.add_parser("add", help="add a user and print their token (shown once)")
-    add.add_argument("name")
-    add.add_argument("--role", choices=ROLES, required=True)
+    add.add_argument("name", help="the name their decisions are recorded under")
+    add.add_argument("--role", choices=ROLES, required=True, help="operator: decides; viewer: only reads")
     add.set_defaults(func=_add)
     listing = actions.add_parser("list", help="the users, their roles, and which are revoked")
     listing.add_argument("--json", action="store_true", help="a JSON list of name, role, created_at, revoked_at")
     listing.set_defaults(func=_list)
     revoke = actions.add_parser("revoke", help="revoke a user's token, at once")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the user whose token stops working")
     revoke.set_defaults(func=_revoke)
 
 

@@ -199,13 +199,17 @@ def _optimum(pairs: list[str]) -> dict[str, float | str]:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--budget", type=int, required=True)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--designers", default="gradient,bayesian,random", type=lambda s: s.split(","))
-    parser.add_argument("--optimum", action="append", default=[], metavar="NAME=VALUE|search")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", required=True, help="the campaign file whose design problem is compared")
+    parser.add_argument("--budget", type=int, required=True, help="experiments per campaign")
+    parser.add_argument("--repeats", type=int, default=5, help="campaigns per designer, seeds seed..seed+repeats-1 "
+                        "(default 5)")
+    parser.add_argument("--designers", default="gradient,bayesian,random", type=lambda s: s.split(","),
+                        help="comma-separated strategies to compare (default gradient,bayesian,random)")
+    parser.add_argument("--optimum", action="append", default=[], metavar="NAME=VALUE|search",
+                        help="the world's optimum of an objective (success: within its tolerance of it); 'search' finds it by "
+                        "gradient ascent on the world's differentiable model (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat (default 0)")
+    parser.add_argument("--out", required=True, help="folder for bench.json and the plots")
     parser.set_defaults(func=_command)
 
 

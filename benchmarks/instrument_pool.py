@@ -583,7 +583,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--designer-options", type=json.loads, default=DESIGNER_OPTIONS,
                         help=f"the Bayesian designer's options as JSON (default {json.dumps(DESIGNER_OPTIONS)})")
     parser.add_argument("--noise", type=float, default=0.005, help="relative measurement noise (default 0.005)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the campaigns' seed (default 0)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-pool",
                         help="where the campaign file, the run folder and instrument_pool.json go (default runs/bench-pool)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "instrument_pool.md",

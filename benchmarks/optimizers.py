@@ -276,13 +276,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs-all-but-objective", action="store_true",
                         help="use every column except the objective as an input")
     parser.add_argument("--objective", required=True, help="objective column")
-    parser.add_argument("--direction", required=True, choices=["min", "max", "minimize", "maximize"])
+    parser.add_argument("--direction", required=True, choices=["min", "max", "minimize", "maximize"],
+                        help="whether the objective is to be minimized or maximized")
     parser.add_argument("--budget", type=int, required=True, help="experiments per campaign, the 2 initial included")
     parser.add_argument("--repeats", type=int, default=10, help="campaigns per designer")
     parser.add_argument("--designers", action="append", metavar="NAMES", default=None,
                         help="comma list: athanor (the bayesian strategy), athanor:STRATEGY or a strategy "
                              "name, baybe, ax, random (exact curve); default athanor,baybe,ax,random")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="base seed: each repeat's starting rows and designer seed derive from (seed, repeat); default 0")
     parser.add_argument("--out", required=True, type=Path, help="folder for bench.json and top5.png")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads during the run (default 1; 0 leaves torch's default)")

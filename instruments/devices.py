@@ -9,7 +9,7 @@ publishes the readbacks.
 client); `trigger()` writes 1 to `{pv_prefix}acquire` and waits for the put to complete — the IOC
 completes it when the action is done — at most `timeout_s`, then reads `error`.
 
-A setpoint with limits (the hardware's `Channel.limits`, or the campaign's `instruments[].limits`) is a
+A setpoint with limits (the hardware's `Channel.limits`, narrowed by the campaign's `instruments[].limits`) is a
 signal whose `check_value` refuses a value outside them, on either backend: every `put` consults it, and
 `check_limits(plan)` runs a whole plan past them before anything moves, as bluesky's simulators do.
 
@@ -44,10 +44,14 @@ class ControlSystemError(RuntimeError):
 Range = tuple[float | None, float | None]
 
 
-def allowed_ranges(hardware_class: type[Hardware], overrides: dict[str, Range] | None = None) -> dict[str, Range]:
-    """Channel -> (low, high) for every limited setpoint: the hardware's own, replaced by `overrides`."""
+def allowed_ranges(hardware_class: type[Hardware], narrower: dict[str, Range] | None = None) -> dict[str, Range]:
+    """Channel -> (low, high) for every limited setpoint: the hardware's own, narrowed by a campaign's
+    (a campaign can keep a plan further from the controller's limits, never take it past them)."""
     ranges: dict[str, Range] = {c.name: c.limits for c in hardware_class.all_channels() if c.limits is not None}
-    ranges.update(overrides or {})
+    for channel, (low, high) in (narrower or {}).items():
+        own_low, own_high = ranges.get(channel, (None, None))
+        ranges[channel] = (max((v for v in (low, own_low) if v is not None), default=None),
+                           min((v for v in (high, own_high) if v is not None), default=None))
     return ranges
 
 

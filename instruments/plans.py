@@ -47,10 +47,11 @@ def fire(doser: Any, furnace: Any, recipe: dict[str, Any], md: dict[str, Any] | 
     program = {"steps": steps, "ramp_c_per_min": ramp, "atmosphere": atmosphere}
     label = str(md.get("sample_id", ""))
     hoppers: list[Any] = [doser.label, label]
-    for i in range(1, N_HOPPERS + 1):
-        dose = doses[i - 1] if i <= len(doses) else {"formula": "", "mass_g": 0.0}
+    for i, dose in enumerate(doses, start=1):
         hoppers += [getattr(doser, f"hopper{i}_powder"), str(dose["formula"]),
                     getattr(doser, f"hopper{i}_mass_sp"), float(dose["mass_g"])]
+    for i in range(len(doses) + 1, N_HOPPERS + 1):  # no powder: the hopper stays shut, whatever its mass setpoint
+        hoppers += [getattr(doser, f"hopper{i}_powder"), ""]
 
     @bpp.run_decorator(md={"plan_name": "synthesize", "doses": doses, "program": program, **md})
     def inner():

@@ -58,6 +58,7 @@ def composition_vector(composition: dict[str, float]) -> torch.Tensor:
 class AlloyWorld(ComputedWorld):
     name = "alloy"
     properties = ("magnetic_moment", "valence_electrons", "average_atomic_number", "exchange_splitting")
+    settings = ("structure", "model")
 
     def __init__(self, structure: str | None = None, model: str = "cpa", outputs: list[str] | None = None,
                  conditions: SimulatedConditions | None = None):

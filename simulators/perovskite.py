@@ -247,6 +247,7 @@ class PerovskiteWorld(ComputedWorld):
     """ABX3 perovskites: CHGNet lattice parameter, energy and stability; Shannon tolerance factor."""
 
     name = "perovskite"
+    settings = SETTINGS
     properties = ("lattice_a", "energy_per_atom", "reaction_energy", "tolerance_factor", "octahedral_factor")
 
     def __init__(self, b_site: str | None = None, a_site: str | None = None, anion: str = "O",

@@ -142,6 +142,7 @@ class SolidStateWorld(ComputedWorld):
     """Solid-state synthesis from precursor powders, read by powder XRD (see the module docstring)."""
 
     name = "solid_state"
+    settings = SETTINGS
     properties = ("target_fraction", "precursor_fraction", "impurity_fraction")
     direct_outputs = ()  # no probe reads these: the characterizer derives them from the XRD pattern
 

@@ -16,6 +16,7 @@ from athanor.instruments.devices import epics_device, soft_device
 from athanor.instruments.hardware import Furnace
 from athanor.simulators.alloy import AlloyWorld
 from athanor.spec import load_campaign
+from athanor.messages import StepIntent, StepInterrupted
 from athanor.tables import DocumentRow, EventRow
 from athanor.testing import (
     FaultyWorld,
@@ -107,6 +108,35 @@ def test_each_check_fails_on_the_damage_it_guards_against(finished, tmp_path):
     assert failing(run) == {}
 
 
+def test_a_retry_needs_an_interruption_and_an_operator_and_the_log_an_end(finished):
+    run, _ = finished
+    store, cid = run.store, run.store.campaign_id
+    env = {"campaign_id": cid, "sample_id": "S0004", "sender": "conductor"}
+    key = f"{cid}:S0004:synthesize"
+    appended = [StepIntent(**env, step="synthesize", idempotency_key=f"{key}:2", target="synthesizer", attempt=2)]
+    store.append(appended[0])
+    try:
+        assert failing(run)["steps_exactly_once"] == [
+            f"{key}:2: attempt 2 began, but {key} was never judged interrupted"]
+        appended.append(StepInterrupted(**env, step="synthesize", idempotency_key=key, action="ask", reason="test"))
+        store.append(appended[-1])  # logged after the retry's intent: still no operator approved a new run
+        appended.append(StepIntent(**env, step="synthesize", idempotency_key=f"{key}:2", target="synthesizer", attempt=2))
+        store.append(appended[-1])
+        found = failing(run)
+        assert "steps_exactly_once" not in found
+        assert found["proposals_judged_before_instruments"][-1].endswith("before it was approved (after its interruption)")
+        with Session(store.engine) as s, s.begin():  # and without its end
+            s.execute(delete(EventRow).where(EventRow.campaign_id == cid, EventRow.kind == "campaign_event"))
+        assert failing(run)["campaign_finished"] == ["the log holds no 'ended' event: the campaign never finished"]
+        smaller = run.spec.model_copy(update={"budget": run.spec.budget.model_copy(update={"experiments": 3})})
+        [budget] = [c for c in check_campaign(store, smaller) if c.name == "budget_respected"]
+        assert budget.violations == ["4 experiments run, budget 3"]
+    finally:
+        with Session(store.engine) as s, s.begin():
+            s.execute(delete(EventRow).where(EventRow.id.in_([m.id for m in appended])))
+        store.rebuild()
+
+
 def test_a_policy_that_asks_is_answered_by_the_scripted_operator_or_waits(tmp_path):
     config = campaign_file(tmp_path / "c.yaml", approval={"policy": "always"}, budget={"experiments": 2})
     run = run_in_process(config, tmp_path / "run", user="ada")
@@ -160,6 +190,10 @@ def test_limited_setpoints_refuse_values_outside_on_both_backends():
             soft.program_temperatures.put(bad)
     with pytest.raises(LimitError, match="f_furnace_ramp_rate = 45 degC/min is above its upper limit 30"):
         soft.ramp_rate.put(45.0)  # the hardware's own limit, not overridden
+    wider = soft_device(Furnace(AlloyWorld(outputs=["magnetic_moment"]), None), "w_furnace",
+                        {"program_temperatures": (None, 5000.0)})
+    with pytest.raises(LimitError, match="3000 degC is above its upper limit 1600 degC"):
+        wider.program_temperatures.put(np.array([3000.0]))  # a campaign narrows the controller's limits, never widens
     epics = epics_device(Furnace, "nowhere:", "e_furnace", 2.0, {"program_temperatures": (None, 700.0)})
     with pytest.raises(LimitError, match="e_furnace_program_temperatures = 800 degC is above its upper limit 700"):
         epics.program_temperatures.check_value(np.array([800.0]))  # no IOC needed to know it is too hot
@@ -168,17 +202,20 @@ def test_limited_setpoints_refuse_values_outside_on_both_backends():
 def test_a_plan_beyond_limits_fails_its_sample_before_any_run_opens(tmp_path):
     demo = load_campaign(ROOT / "configs" / "solid_state_demo.yaml").model_dump(mode="json")
     config = campaign_file(tmp_path / "c.yaml", demo, budget={"experiments": 2}, instruments=[
-        {"name": "f1", "role": "synthesis", "limits": {"furnace.program_temperatures": [None, 600]}},
+        {"name": "f1", "role": "synthesis", "limits": {"furnace.program_temperatures": [None, 700]}},
         {"name": "x1", "role": "characterization"}])
     run = run_in_process(config, tmp_path / "run")
+    hot = {s["id"]: s["inputs"]["temperature_c"] > 700 for s in run.samples()}
+    assert sorted(hot.values()) == [False, True]  # seed 0: one above the limit, one below
     for s in run.samples():
-        hot = s["inputs"]["temperature_c"] > 600
-        assert s["state"] == ("failed" if hot else "learned")
-        if hot:
+        assert s["state"] == ("failed" if hot[s["id"]] else "learned")
+        if hot[s["id"]]:
             assert run.store.documents(s["id"]) == []  # refused: nothing moved, no run was opened
             [fault] = run.store.events(s["id"], kind="fault")
             assert fault.limit_violations == [
-                f"f1_furnace_program_temperatures = {s['inputs']['temperature_c']:g} degC is above its upper limit 600 degC"]
+                f"f1_furnace_program_temperatures = {s['inputs']['temperature_c']:g} degC is above its upper limit 700 degC"]
+        else:
+            assert {d["step"] for d in run.store.documents(s["id"]) if d["name"] == "start"} == {"synthesize", "characterize"}
     bad = campaign_file(tmp_path / "d.yaml", demo, instruments=[
         {"name": "f1", "role": "synthesis", "limits": {"furnace": [0, 1]}}, {"name": "x1", "role": "characterization"}])
     with pytest.raises(AthanorError, match="limits key 'furnace': expected 'device.channel'"):

@@ -13,22 +13,22 @@ With Athanor installed, pytest also offers the fixtures `athanor_campaign` (writ
 the test's tmp_path) and `athanor_run` (runs one in process there): see athanor/testing/plugin.py.
 """
 
-from athanor.testing.faults import FaultyWorld
-from athanor.testing.invariants import (
-    Check,
-    InvariantViolation,
-    assert_invariants,
-    check_campaign,
-    step_times,
-)
-from athanor.testing.runner import (
-    DEFAULT_CAMPAIGN,
-    InProcessRun,
-    answer_operator,
-    approve_all,
-    campaign_file,
-    run_in_process,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = ["Check", "DEFAULT_CAMPAIGN", "FaultyWorld", "InProcessRun", "InvariantViolation", "answer_operator",
-           "approve_all", "assert_invariants", "campaign_file", "check_campaign", "run_in_process", "step_times"]
+# Loaded on first use: pytest imports this package (through the fixtures' entry point) in every test
+# session where Athanor is installed, and should not pay for pandas and the store there.
+_WHERE = {
+    "FaultyWorld": "faults",
+    "Check": "invariants", "InvariantViolation": "invariants", "assert_invariants": "invariants",
+    "check_campaign": "invariants", "step_times": "invariants",
+    "DEFAULT_CAMPAIGN": "runner", "InProcessRun": "runner", "answer_operator": "runner", "approve_all": "runner",
+    "campaign_file": "runner", "run_in_process": "runner",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'athanor.testing' has no attribute {name!r}")
+    return getattr(import_module(f"athanor.testing.{_WHERE[name]}"), name)

@@ -83,7 +83,7 @@ def check_finished(log: CampaignLog) -> Check:
     return check
 
 
-def check_limits(log: CampaignLog) -> Check:
+def check_setpoints(log: CampaignLog) -> Check:
     check = Check("setpoints_within_limits", "every setpoint a plan sent was within its device's limits")
     for _, body in log.bodies("fault"):
         for violation in body.get("limit_violations") or []:
@@ -96,8 +96,19 @@ def check_exactly_once(log: CampaignLog) -> Check:
     its earlier run was judged interrupted."""
     check = Check("steps_exactly_once", "every instrument step ran once per idempotency key, and its result "
                   "was logged once")
-    starts = Counter(d["idempotency_key"] for d in log.runs().values() if d["idempotency_key"])
-    check.violations += [f"{key}: {n} runs started under one key" for key, n in sorted(starts.items()) if n > 1]
+    runs = log.runs()
+    ended = {d["doc"].get("run_start"): d["doc"].get("exit_status") for d in log.documents if d["name"] == "stop"}
+    by_key: dict[str, list[str]] = defaultdict(list)
+    for uid, d in runs.items():
+        if d["idempotency_key"]:
+            by_key[d["idempotency_key"]].append(uid)
+    for key, uids in sorted(by_key.items()):
+        # A measurement the control system lost mid-run is measured again under its key (agents/instrument.py);
+        # anything else, or an earlier run that finished, is a step done twice.
+        again = runs[uids[0]]["step"] == "characterize" and all(ended.get(u) != "success" for u in uids[:-1])
+        if len(uids) > 1 and not again:
+            check.violations.append(f"{key}: {len(uids)} runs started under one key")
+    starts = by_key
     intended = {body["idempotency_key"] for _, body in log.bodies("step_intent")}
     check.violations += [f"{key}: a run started with no intent logged for it" for key in sorted(set(starts) - intended)]
     interrupted = {body["idempotency_key"] for _, body in log.bodies("step_interrupted")}
@@ -121,7 +132,11 @@ def check_nothing_lost(log: CampaignLog, store: Store, measured_before: Iterable
     samples = {s["id"]: s for s in store.samples()}
     proposed = [c.get("sample_id") for _, body in log.bodies("design_proposal") for c in body.get("candidates", [])]
     check.violations += [f"{sid}: proposed, but no such sample" for sid in proposed if sid not in samples]
+    ended = [body for _, body in log.bodies("campaign_event") if body.get("event") == "ended"]
+    stopped_early = bool(ended) and ended[-1].get("status") != "completed"  # proposals left undecided are kept
     for sid, s in samples.items():
+        if stopped_early and s["state"] == "proposed":
+            continue
         if s["state"] not in TERMINAL or s["awaiting_approval"]:
             waiting = " (awaiting an operator)" if s["awaiting_approval"] else ""
             check.violations.append(f"{sid}: left {s['state']}{waiting}")
@@ -138,15 +153,22 @@ def check_nothing_lost(log: CampaignLog, store: Store, measured_before: Iterable
 def check_judged(log: CampaignLog) -> Check:
     """An instrument step for a sample only after an approval of it; a rejected sample never at one."""
     check = Check("proposals_judged_before_instruments", "every sample was approved (by the policy or an operator) "
-                  "before any instrument step, and no rejected sample reached an instrument")
-    approved: dict[str, bool] = {}  # sample -> approved as it stands now (an operator's edit is judged again)
+                  "before any instrument step, an interrupted one again before it ran again, and no rejected "
+                  "sample reached an instrument")
+    approved: dict[str, bool] = {}  # sample -> may go to an instrument now
     ever: set[str] = set()
+    failed: set[str] = set()
     for seq, kind, sid, body in log.events:
         if kind == "approval_decision" and sid is not None:
-            approved[sid] = bool(body.get("approved")) and body.get("edited_inputs") is None
+            # an operator's edit is judged again; a decision on a failed sample changes nothing
+            approved[sid] = bool(body.get("approved")) and body.get("edited_inputs") is None and sid not in failed
             ever.update([sid] if approved[sid] else [])
+        elif kind == "step_interrupted" and body.get("action") != "retry":
+            approved[sid] = False  # "ask": a new run needs an operator's approval; "fail": none may follow
+            failed.update([sid] if body.get("action") == "fail" else [])
         elif kind == "step_intent" and body.get("step") in INSTRUMENT_STEPS and not approved.get(sid):
-            check.violations.append(f"{sid}: {body['step']} began (log #{seq}) before it was approved")
+            check.violations.append(f"{sid}: {body['step']} began (log #{seq}) before it was approved"
+                                    + (" (after its interruption)" if sid in ever else ""))
     rejected = {sid for sid, ok in approved.items() if not ok and sid not in ever}
     at_instruments = {d["sample_id"] for d in log.documents}
     check.violations += [f"{sid}: rejected, yet an instrument ran for it" for sid in sorted(rejected & at_instruments)]
@@ -209,7 +231,7 @@ def check_campaign(store: Store, spec: Campaign, out: Path | None = None,
                    measured_before: Iterable[dict[str, dict[str, float]]] = ()) -> list[Check]:
     """Every invariant of a finished campaign (the outputs too when its run folder `out` is given)."""
     log = CampaignLog.read(store)
-    checks = [check_finished(log), check_limits(log), check_exactly_once(log),
+    checks = [check_finished(log), check_setpoints(log), check_exactly_once(log),
               check_nothing_lost(log, store, measured_before), check_judged(log), check_messages(log),
               check_documents(log), check_budget(store, spec)]
     if out is not None:

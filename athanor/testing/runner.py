@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
+from athanor.errors import AthanorError
 from athanor.spec import Campaign
 from athanor.store import Store
 
@@ -59,8 +60,10 @@ def campaign_file(path: str | Path, base: str | Path | dict[str, Any] | None = N
         data = DEFAULT_CAMPAIGN
     elif isinstance(base, dict):
         data = base
-    else:
-        data = yaml.safe_load(Path(base).read_text())
+    else:  # read as Athanor reads it, so its relative paths (a pool's dataset) hold from anywhere
+        from athanor.spec import load_campaign
+
+        data = load_campaign(base, check_plugins=False).model_dump(mode="json")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(merged(data, overrides), sort_keys=False))
@@ -80,8 +83,11 @@ def answer_operator(store: Store, spec: Campaign, operator: Operator, user: str)
         verdict = operator(s)
         if verdict is None:
             continue
-        decide(store, spec, [s["id"]], bool(verdict), user,
-               "" if verdict else "rejected by the scripted operator of a test")
+        try:
+            decide(store, spec, [s["id"]], bool(verdict), user,
+                   "" if verdict else "rejected by the scripted operator of a test")
+        except AthanorError:  # settled meanwhile (a timeout's default): nothing waits any more
+            continue
         now.append(s["id"])
     return now
 
@@ -127,6 +133,9 @@ def run_in_process(config: str | Path, out: str | Path, *, seed: int | None = No
     try:
         status = asyncio.run(asyncio.wait_for(main(), timeout_s))
         summary = write_outputs(store, spec, out, status)
-    finally:
+    except BaseException:
         store.release_lease()
+        store.close()
+        raise
+    store.release_lease()
     return InProcessRun(store, spec, out, status, summary, answered)

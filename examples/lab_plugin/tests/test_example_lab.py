@@ -10,10 +10,12 @@ import pytest
 from pymatgen.core import Element
 
 from athanor.instruments.devices import check_limits, soft_device
-from athanor.testing import FaultyWorld, assert_invariants, check_campaign
 from athanor.simulators.alloy import AlloyWorld
-from example_lab.arc_melter import ArcMelter
-from example_lab.routes import ArcMeltRoute
+from athanor.testing import FaultyWorld, assert_invariants, check_campaign
+
+pytest.importorskip("example_lab", reason="the example lab is not installed: pip install -e examples/lab_plugin")
+from example_lab.arc_melter import ArcMelter  # noqa: E402
+from example_lab.routes import ArcMeltRoute  # noqa: E402
 
 CAMPAIGN = Path(__file__).resolve().parents[1] / "campaign.yaml"
 
