@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from athanor.errors import AthanorError
 
@@ -65,6 +66,8 @@ def run(config: str | Path, out: str | Path | None = None, *, seed: int | None =
     """
     from athanor.campaign import execute, prepare
 
+    if not isinstance(config, (str, os.PathLike)):
+        raise TypeError(f"athanor.run takes the campaign file's path, not a {type(config).__name__}")
     spec = load(config)
     if out is None:
         if resume:
@@ -77,12 +80,12 @@ def run(config: str | Path, out: str | Path | None = None, *, seed: int | None =
     watch = _Progress(spec, out, progress)
     runner = _execute_in_process if in_process else execute
     try:
-        with _backend_kept():
-            _outside_event_loop(lambda: runner(store, spec, out, on_progress=watch), watch.stop)
+        _outside_event_loop(lambda: runner(store, spec, out, on_progress=watch), watch.stop)
     except KeyboardInterrupt:
         store.close()
+        again = f"athanor.run({str(config)!r}, {str(out)!r}, resume=True{', in_process=True' * in_process})"
         raise KeyboardInterrupt(f"campaign interrupted; the store keeps everything measured: continue it with "
-                                f"athanor.run({str(config)!r}, {str(out)!r}, resume=True{', in_process=True' * in_process})") from None
+                                f"{again}") from None
     except BaseException:
         store.close()
         raise
@@ -162,15 +165,14 @@ class Run:
         return table[table["sample_id"] == found["id"]].iloc[0]
 
     def plot(self, ax: Axes | None = None, objective: str | None = None) -> Figure:
-        """Each measured value and the best so far against experiment number, one panel per objective
-        (or only `objective`, or the first one when drawing into `ax`). Returns the Figure, which a
-        notebook shows inline; no matplotlib backend is chosen or changed (save it with `savefig`)."""
+        """The run folder's progress plot (plots/progress.png), drawn now: each measured value and the
+        best so far against experiment number and, for a replayed dataset, what random sampling would be
+        expected to have found and the dataset's best; one panel per objective (or only `objective`, or
+        the first one when drawing into `ax`). Returns the Figure, which a notebook shows inline; no
+        matplotlib backend is chosen or changed (save it with `savefig`)."""
         from matplotlib.figure import Figure
 
-        from athanor.objectives import utility
-
         _backend_ready()
-
         objectives = [o for o in self.spec.objectives if objective in (None, o.name)]
         if not objectives:
             raise AthanorError(f"no objective {objective!r}: the campaign's are "
@@ -180,23 +182,11 @@ class Run:
             axes = list(fig.subplots(1, len(objectives), squeeze=False)[0])
         else:
             fig, axes, objectives = ax.figure, [ax], objectives[:1]
-        measured = [s for s in self.store.samples() if s["values"]]
+        from athanor.report import draw_progress
+
+        samples = self.store.samples()
         for axis, o in zip(axes, objectives):
-            values = [s["values"][o.name] for s in measured]
-            best_so_far: list[float] = []
-            for v in values:
-                better = not best_so_far or utility(v, o) > utility(best_so_far[-1], o)
-                best_so_far.append(v if better else best_so_far[-1])
-            x = range(1, len(values) + 1)
-            axis.plot(x, values, "o", ms=4, alpha=0.5, label="measured")
-            axis.step(x, best_so_far, where="post", lw=2, label="best so far")
-            if o.direction == "target":
-                axis.axhspan(o.target - o.tolerance, o.target + o.tolerance, alpha=0.15, color="green",
-                             label="target")
-            axis.set_xlabel("experiment")
-            axis.set_ylabel(o.name)
-            axis.set_title(f"{self.spec.campaign}: {o.direction}", fontsize=9)
-            axis.legend(fontsize=7)
+            draw_progress(axis, samples, self.spec, o)
         return fig
 
     def close(self) -> None:
@@ -302,21 +292,6 @@ def _backend_ready() -> str:
 
     backend = matplotlib.get_backend()
     if not plt.get_fignums():
-        plt.switch_backend(backend)
+        with contextlib.suppress(ImportError):  # a backend that cannot load here: a Figure still saves
+            plt.switch_backend(backend)
     return backend
-
-
-@contextlib.contextmanager
-def _backend_kept() -> Iterator[None]:
-    """Writing the run folder's plot selects matplotlib's Agg backend (athanor.report.plot_progress);
-    put back the one in use before (a notebook's inline backend), so that figures still show."""
-    import matplotlib
-
-    before = _backend_ready()
-    try:
-        yield
-    finally:
-        if matplotlib.get_backend() != before:
-            import matplotlib.pyplot as plt
-
-            plt.switch_backend(before)

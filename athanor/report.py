@@ -129,42 +129,49 @@ def _instruments(spec: Campaign, events: list[Any]) -> dict[str, dict[str, Any]]
     return {name: {"lab": spec.lab, "node_id": node} for name, node in nodes.items()}
 
 
-def plot_progress(samples: list[dict[str, Any]], spec: Campaign, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw_progress(ax: Any, samples: list[dict[str, Any]], spec: Campaign, objective: Any) -> None:
+    """One objective against the experiment number on `ax`: measured values, best so far and, for a
+    replayed dataset, random sampling's expected best and the dataset's best."""
     measured = [s for s in samples if s["values"]]
-    fig, axes = plt.subplots(1, len(spec.objectives), figsize=(5 * len(spec.objectives), 3.6), squeeze=False)
-    for ax, objective in zip(axes[0], spec.objectives):
-        values = [s["values"][objective.name] for s in measured]
-        best, best_so_far = None, []
-        for v in values:
-            if best is None or utility(v, objective) > utility(best, objective):
-                best = v
-            best_so_far.append(best)
-        x = range(1, len(values) + 1)
-        ax.plot(x, values, "o", ms=3, alpha=0.4, label="measured")
-        ax.step(x, best_so_far, where="post", lw=2, label=f"best so far ({spec.designer.strategy})")
-        pool = pool_outcomes(spec, objective.name) if objective.direction != "target" and values else None
-        if pool is not None:
-            ax.plot(x, expected_best_of_random(pool, objective, list(x)), "--", color="grey",
-                    label="random sampling, expected best")
-            ax.axhline(max(pool, key=lambda v: utility(v, objective)), ls=":", color="green", lw=1.5,
-                       label=f"best of the {len(pool)} rows")
-            ax.margins(y=0.1)
-        if objective.direction == "target":
-            ax.axhspan(objective.target - objective.tolerance, objective.target + objective.tolerance,
-                       alpha=0.15, color="green", label="target")
-        ax.set_xlabel("experiment")
-        ax.set_ylabel(objective.name)
-        ax.set_title(f"{spec.campaign}: {objective.direction} {objective.name}", fontsize=9)
-        ax.legend(fontsize=7)
+    values = [s["values"][objective.name] for s in measured]
+    best, best_so_far = None, []
+    for v in values:
+        if best is None or utility(v, objective) > utility(best, objective):
+            best = v
+        best_so_far.append(best)
+    x = range(1, len(values) + 1)
+    ax.plot(x, values, "o", ms=3, alpha=0.4, label="measured")
+    ax.step(x, best_so_far, where="post", lw=2, label=f"best so far ({spec.designer.strategy})")
+    pool = pool_outcomes(spec, objective.name) if objective.direction != "target" and values else None
+    if pool is not None:
+        ax.plot(x, expected_best_of_random(pool, objective, list(x)), "--", color="grey",
+                label="random sampling, expected best")
+        ax.axhline(max(pool, key=lambda v: utility(v, objective)), ls=":", color="green", lw=1.5,
+                   label=f"best of the {len(pool)} rows")
+        ax.margins(y=0.1)
+    if objective.direction == "target":
+        ax.axhspan(objective.target - objective.tolerance, objective.target + objective.tolerance,
+                   alpha=0.15, color="green", label="target")
+    ax.set_xlabel("experiment")
+    ax.set_ylabel(objective.name)
+    ax.set_title(f"{spec.campaign}: {objective.direction} {objective.name}", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def progress_figure(samples: list[dict[str, Any]], spec: Campaign) -> Any:
+    """Every objective's panel on a plain matplotlib Figure (no pyplot: no backend chosen or changed)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * len(spec.objectives), 3.6))
+    for ax, objective in zip(fig.subplots(1, len(spec.objectives), squeeze=False)[0], spec.objectives):
+        draw_progress(ax, samples, spec, objective)
     fig.tight_layout()
+    return fig
+
+
+def plot_progress(samples: list[dict[str, Any]], spec: Campaign, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    progress_figure(samples, spec).savefig(path, dpi=110)
 
 
 def write_outputs(store: Store, spec: Campaign, out: Path, status: str) -> dict[str, Any]:

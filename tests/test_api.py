@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -108,15 +107,18 @@ def test_plot_draws_best_so_far_against_experiment_number(finished):
     run = finished
     fig = run.plot()
     assert isinstance(fig, Figure) and len(fig.axes) == 1
-    measured, best_line = fig.axes[0].get_lines()
+    measured, best_line, random_line, pool_best = fig.axes[0].get_lines()
     values = run.samples().dropna(subset=[P3HT_OBJECTIVE])[P3HT_OBJECTIVE].tolist()
     assert list(measured.get_ydata()) == values
     assert list(best_line.get_ydata()) == [max(values[: i + 1]) for i in range(len(values))]
     assert list(best_line.get_xdata()) == list(range(1, len(values) + 1))
+    assert len(random_line.get_ydata()) == len(values)
+    rows = pd.read_csv(ROOT / "data" / "liang2021" / "P3HT.csv")[P3HT_OBJECTIVE]  # repeated blends are averaged
+    assert max(values) <= pool_best.get_ydata()[0] <= rows.max()
     fig.savefig(run.out / "from_api.png")  # no backend needed to save it
 
     mine = Figure().subplots()
-    assert run.plot(ax=mine) is mine.figure and len(mine.get_lines()) == 2
+    assert run.plot(ax=mine) is mine.figure and len(mine.get_lines()) == 4
     with pytest.raises(AthanorError, match="no objective 'nope'"):
         run.plot(objective="nope")
 
@@ -159,6 +161,8 @@ def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path, finished):
         athanor.run(config, finished.out, in_process=True, progress=False)
     with pytest.raises(AthanorError, match="needs out="):
         athanor.run(config, resume=True, in_process=True)
+    with pytest.raises(TypeError, match="campaign file's path, not a Campaign"):
+        athanor.run(athanor.load(config), tmp_path / "run", in_process=True)
 
 
 def test_run_from_inside_an_event_loop_as_in_a_notebook_can_be_interrupted_and_resumed(tmp_path):

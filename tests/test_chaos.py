@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from athanor import commands
 from athanor.campaign import open_run
 from athanor.cli import main as cli_main
 from athanor.conductor import Conductor
 from athanor.runtime import local_agents
 from athanor.spec import load_campaign
 from athanor.store import Store
-from athanor.testing import assert_invariants
+from athanor.testing import answer_operator, assert_invariants
 from conftest import P3HT_OBJECTIVE, write_campaign
 from helpers_proc import kill, samples, start_run, wait_for
 
@@ -47,11 +46,7 @@ def approve_interrupted(out: Path) -> list[str]:
     """The operator: allow every interrupted synthesis that waits to run again."""
     store, spec = open_run(out)
     try:
-        waiting = [s["id"] for s in store.samples() if s["awaiting_approval"] and s["interrupted"]]
-        waiting = [i for i in waiting if i not in commands.posted_decisions(store)]
-        if waiting:
-            commands.decide(store, spec, waiting, True, "chaos-operator")
-        return waiting
+        return answer_operator(store, spec, lambda s: True if s["interrupted"] else None, "chaos-operator")
     finally:
         store.close()
 

@@ -160,3 +160,13 @@ def test_readme_examples_parse_run_in_folders_of_their_own_and_name_files_that_e
         assert (ROOT / config).is_file(), config
     head = (ROOT / "README.md").read_text().split("\n")[:6]
     assert head[3].startswith("pip install torch==2.13.0 -e . && athanor run configs/demo.yaml")
+
+
+def test_the_chat_help_says_what_an_edit_and_unpause_do():
+    from athanor.chat_grammar import parse
+    from athanor.chat_model import HELP
+
+    edit = HELP[HELP.index("edit 3"):HELP.index("pause |")]
+    assert "waits for approval again" in edit and "it is not approved" in edit
+    assert "resume" not in HELP  # `--resume` continues a stopped run; a paused one is unpaused
+    assert [c["name"] for c in parse("unpause").calls] == [c["name"] for c in parse("resume").calls]
