@@ -81,10 +81,16 @@ def _data(channel: Channel, hw: Hardware) -> Any:
     value = list(np.asarray(value, float)) if channel.dtype == "array" else value
     if not channel.writable:
         return base(value=value, **options)
+    low, high = channel.limits or (None, None)
+    if channel.limits is not None:  # a controller's DRVL/DRVH: clients read them, and a put outside fails
+        options.update(lower_ctrl_limit=low, upper_ctrl_limit=high)
 
     class Setpoint(base):  # type: ignore[misc, valid-type]
         async def verify_value(self, new: Any) -> Any:
             new = await super().verify_value(new)
+            values = np.atleast_1d(np.asarray(_native(channel, new), dtype=float)) if channel.limits else ()
+            if len(values) and not ((values >= low) & (values <= high)).all():
+                raise ValueError(f"{channel.name}: {values.tolist()} outside its limits [{low:g}, {high:g}]")
             hw.put(channel.name, _native(channel, new))
             return new
 

@@ -64,6 +64,10 @@ class _InRange:
     def check_value(self, value: Any, **kwargs: Any) -> None:
         super().check_value(value, **kwargs)  # type: ignore[misc]
         low, high = self.allowed
+        controller = self.controller_limits()
+        if controller is not None:  # an IOC's DRVL/DRVH: the tighter of the two on each side
+            low = controller[0] if low is None else max(low, controller[0])
+            high = controller[1] if high is None else min(high, controller[1])
         values = np.atleast_1d(np.asarray(value, dtype=float))
         units = f" {self.units}" if self.units else ""
         if low is not None and not (values >= low).all():
@@ -72,6 +76,11 @@ class _InRange:
         if high is not None and not (values <= high).all():
             worst = values[~(values <= high)][0]
             raise LimitError(f"{self.name} = {worst:g}{units} is above its upper limit {high:g}{units}")
+
+
+    def controller_limits(self) -> tuple[float, float] | None:
+        """The limits the controller itself publishes, when it publishes any (an EPICS record's)."""
+        return None
 
 
 class LimitedSignal(_InRange, Signal):
@@ -179,7 +188,11 @@ def epics_device(hardware_class: type[Hardware], pv_prefix: str, name: str, time
     from ophyd.signal import EpicsSignal, EpicsSignalRO
 
     class LimitedEpicsSignal(_InRange, EpicsSignal):
-        pass
+        def controller_limits(self) -> tuple[float, float] | None:
+            if not self.connected:
+                return None
+            low, high = self.limits  # the PV's control limits; (0, 0) when the record sets none
+            return (float(low), float(high)) if low is not None and high is not None and low < high else None
 
     ranges = allowed_ranges(hardware_class, allowed)
 
@@ -191,7 +204,7 @@ def epics_device(hardware_class: type[Hardware], pv_prefix: str, name: str, time
         "acquire": Cpt(EpicsSignal, "acquire", put_complete=True, kind="omitted", **writes)}
     for c in hardware_class.all_channels():
         text = c.dtype in ("text", "str")
-        if c.writable and c.name in ranges:
+        if c.writable and c.dtype in ("float", "int", "array"):
             components[c.name] = Cpt(LimitedEpicsSignal, c.name, put_complete=True, string=text, kind=c.kind, **writes)
         elif c.writable:
             components[c.name] = Cpt(EpicsSignal, c.name, put_complete=True, string=text, kind=c.kind, **writes)
@@ -199,11 +212,10 @@ def epics_device(hardware_class: type[Hardware], pv_prefix: str, name: str, time
             components[c.name] = Cpt(EpicsSignalRO, c.name, string=text, kind=c.kind, **common)
     cls = type(f"Epics{hardware_class.__name__}", (_EpicsDevice,), components)
     device = cls(pv_prefix, name=name)
-    for channel, allowed_range in ranges.items():
-        signal = getattr(device, channel, None)
+    for c in hardware_class.all_channels():
+        signal = getattr(device, c.name, None)
         if isinstance(signal, _InRange):
-            signal.allowed = allowed_range
-            signal.units = next(c.units for c in hardware_class.all_channels() if c.name == channel)
+            signal.allowed, signal.units = ranges.get(c.name, (None, None)), c.units
     device.timeout_s = timeout_s
     device.outputs = dict(getattr(hardware_class, "outputs", {}))
     return device

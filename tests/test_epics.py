@@ -94,6 +94,34 @@ def test_the_ioc_serves_every_listed_pv_to_a_standard_client(tmp_path, ca_env):
     with IocProcess(path).start() as ioc:
         state, start, stop = caget(ioc.environment, "test:furnace1:furnace:state",
                                    "test:xrd1:diffractometer:two_theta_start", "test:xrd1:diffractometer:two_theta_stop")
+        # the furnace's limits are the PV's control limits, and a write beyond them is refused by the IOC itself
+        limits = subprocess.run([sys.executable, "-m", "caproto.commandline.get", "--no-repeater", "-d", "CTRL_DOUBLE",
+                                 "--format", "{response.metadata.lower_ctrl_limit} {response.metadata.upper_ctrl_limit}",
+                                 "test:furnace1:furnace:ramp_rate"], capture_output=True, text=True,
+                                env={**os.environ, **ioc.environment}, timeout=60)
+        assert limits.stdout.split() == ["0.1", "30.0"], limits.stderr
+        put = subprocess.run([sys.executable, "-m", "caproto.commandline.put", "--no-repeater",
+                              "test:furnace1:furnace:ramp_rate", "45"], capture_output=True, text=True,
+                             env={**os.environ, **ioc.environment}, timeout=60)
+        said = put.stdout + put.stderr
+        assert "Limits are set to 0.1 and 30.0" in said or "outside its limits" in said, said
+        [after] = caget(ioc.environment, "test:furnace1:furnace:ramp_rate")
+        assert float(after.strip("[]")) == pytest.approx(5.0)  # unchanged
+        # a client whose own hardware description has no limits still honours the IOC's
+        from dataclasses import replace
+
+        from athanor.instruments.devices import epics_device, use_caproto
+        from athanor.instruments.hardware import Furnace
+        from ophyd.utils import LimitError
+
+        unlimited = type("Unlimited", (Furnace,), {"channels": tuple(replace(c, limits=None) for c in Furnace.channels)})
+        os.environ.update(ioc.environment)
+        use_caproto()
+        furnace = epics_device(unlimited, "test:furnace1:furnace:", "furnace1_furnace", 5.0)
+        furnace.check_connection()
+        furnace.ramp_rate.check_value(12.0)
+        with pytest.raises(LimitError, match="furnace1_furnace_ramp_rate = 45 degC/min is above its upper limit 30"):
+            furnace.ramp_rate.check_value(45.0)
     assert "idle" in state
     world = load_campaign(path).world.options
     assert float(start.strip("[]")) == pytest.approx(10.0) and float(stop.strip("[]")) == pytest.approx(80.0), world
