@@ -269,15 +269,21 @@ def _outside_event_loop(call: Callable[[], T], stop: Callable[[], None]) -> T:
         finally:
             finished.set()
 
-    threading.Thread(target=work, name="athanor-campaign", daemon=True).start()
+    interrupted = False
     try:
+        threading.Thread(target=work, name="athanor-campaign", daemon=True).start()
         while not finished.wait(0.2):
             pass
     except KeyboardInterrupt:
+        interrupted = True
+    while not finished.is_set():  # the campaign holds the store and its lease until it has stopped
         stop()
-        finished.wait()
-        if "value" not in outcome:
-            raise
+        try:
+            finished.wait()
+        except KeyboardInterrupt:  # asked again: still wait, or the store would close under it
+            continue
+    if interrupted and "value" not in outcome:
+        raise KeyboardInterrupt
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]

@@ -83,17 +83,22 @@ def prepare(config: str | Path, out: str | Path, resume: bool = False, seed: int
     if resume:
         store, stored = open_run(out)
         previous = store.acquire_lease()  # before anything changes: a second conductor stops here
-        if previous is not None:
-            store.append(CampaignEvent(campaign_id=store.campaign_id, sender="conductor", event="lease_taken_over",
-                                       detail=previous))
-        named = load_campaign(config).campaign
-        if named != stored.campaign:
-            raise AthanorError(f"{out} holds campaign {stored.campaign!r}, not {named!r} from {config}")
-        if seed is not None and seed != stored.seed:
-            raise AthanorError(f"--seed {seed} differs from the stored campaign's seed {stored.seed}")
-        spec = _with_overrides(stored, None, max_experiments, approval, ray_address, wall_time_s)
-        store.register_campaign(spec.campaign, spec.model_dump(mode="json"), replace=True)
-        store.rebuild()
+        try:
+            if previous is not None:
+                store.append(CampaignEvent(campaign_id=store.campaign_id, sender="conductor",
+                                           event="lease_taken_over", detail=previous))
+            named = load_campaign(config).campaign
+            if named != stored.campaign:
+                raise AthanorError(f"{out} holds campaign {stored.campaign!r}, not {named!r} from {config}")
+            if seed is not None and seed != stored.seed:
+                raise AthanorError(f"--seed {seed} differs from the stored campaign's seed {stored.seed}")
+            spec = _with_overrides(stored, None, max_experiments, approval, ray_address, wall_time_s)
+            store.register_campaign(spec.campaign, spec.model_dump(mode="json"), replace=True)
+            store.rebuild()
+        except BaseException:  # refused: let go at once (a notebook's process lives on, holding it otherwise)
+            store.release_lease()
+            store.close()
+            raise
         return store, spec
     if (out / RUN_FILE).exists():
         raise AthanorError(f"{out} already holds a campaign: pass --resume to continue it, or choose another --out")

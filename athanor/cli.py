@@ -61,7 +61,7 @@ EXAMPLES = {
     "world": "athanor world eval alloy --composition Fe0.7Co0.3",
     "world eval": "athanor world eval alloy --composition Fe0.7Co0.3 --set structure=bcc",
     "withdraw": "athanor withdraw runs/gated 4",
-    "restore": "athanor restore runs/epics synthesizer --user ada",
+    "restore": "athanor restore runs/epics furnace1 --user ada",
     "ioc": "athanor ioc configs/solid_state_epics.yaml --list-pvs",
     "schema": "athanor schema > protocol.schema.json",
     "help": "athanor help run",
@@ -284,7 +284,7 @@ def _world_eval(args: argparse.Namespace) -> int:
         raise AthanorError(f"--composition {args.composition!r}: no atoms")
     amounts = {str(el): float(n) for el, n in composition.get_el_amt_dict().items()}
     settings = _parse_settings(args.set)
-    unknown = sorted(set(settings) - set(cls.settings))
+    unknown = sorted(set(settings) - set(cls.settings)) if cls.settings is not None else []
     if unknown:
         raise AthanorError(f"--set {unknown[0]}: world {args.world!r} reads no such setting; its settings: "
                            f"{', '.join(cls.settings) or 'none'}")
@@ -526,7 +526,11 @@ def _help(parser: argparse.ArgumentParser, topic: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()  # for "you waited": Ray, the agents and the heavy imports all come after
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(benchmarks=argv[:1] == ["bench"] or argv[:2] == ["help", "bench"])
+    if argv == ["--version"]:  # without building every command's parser
+        print(f"athanor {_version()}")
+        return 0
+    words = " ".join(argv[:3]).split()
+    parser = build_parser(benchmarks=words[:1] == ["bench"] or words[:2] == ["help", "bench"])
     args = parser.parse_args(argv)
     args.began = began
     if args.command is None:  # bare `athanor`: the overview, as `athanor help` gives it

@@ -5,8 +5,8 @@ each run's documents in the order it emitted them (start, descriptor, event, ...
 instruments emitted them into the store (arrays such as an XRD pattern's two_theta and counts as JSON
 lists; NaN and infinities restored and written as Python's json writes them, `NaN`/`Infinity`). Two layouts:
 
-- OUT ending in `.jsonl`: the documents file, every run of the campaign one after the other, in the
-  order they started (a stream any event_model consumer replays: `event_model.RunRouter` routes it by run);
+- OUT ending in `.jsonl`: the documents file, every run of the campaign whole, one after the other, in
+  the order they started (a stream any event_model consumer replays: `event_model.RunRouter` routes it);
 - any other OUT: a new folder with one file per run, `NNNN-<sample>-<step>-<start uid>.jsonl` (NNNN counts
   the runs in the order they started), the layout databroker's JSONL catalog reads, one run a file.
 
@@ -94,44 +94,28 @@ def export_documents(run_dir: str | Path, out: str | Path) -> DocumentsExport:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = target.parent / f".{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-            handle = staging.open("x") if one_file else None
-            if not one_file:
-                staging.mkdir()  # as any folder the user makes (mkdtemp's would be private to them)
+            staging.mkdir()  # as any folder the user makes (mkdtemp's would be private to them)
         except OSError as exc:
             raise AthanorError(f"{out}: cannot write there ({_why_not(target.parent, exc)})") from None
+        joined = staging.with_name(staging.name + ".jsonl")
         try:
             report = DocumentsExport(spec.campaign, store.campaign_id, out, one_file=one_file)
-            try:
-                _write(store, _OneFile(handle) if handle else staging, serializer, report)
-            finally:
-                if handle:
-                    handle.close()
+            _write(store, staging, serializer, report)
+            if one_file:  # each run whole, in the order the runs started (their documents may interleave in the store)
+                with joined.open("x") as sink:
+                    for run in sorted(staging.glob("*.jsonl")):
+                        sink.write(run.read_text())
+                shutil.rmtree(staging)
             for run in report.runs:
                 run.path = out if one_file else out / run.path.name
-            _move_into_place(staging, target, out)
+            _move_into_place(joined if one_file else staging, target, out)
         except BaseException:
-            if one_file:
-                staging.unlink(missing_ok=True)
-            else:
-                shutil.rmtree(staging, ignore_errors=True)
+            joined.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
             raise
         return report
     finally:
         store.close()
-
-
-class _OneFile:
-    """A suitcase manager that gives every run's serializer the same open file: one stream, run after run."""
-
-    def __init__(self, handle: Any):
-        self.handle = handle
-        self.artifacts: dict[str, list[str]] = {}
-
-    def open(self, label: str, postfix: str, mode: str, encoding: str | None = None, errors: str | None = None) -> Any:
-        return self.handle
-
-    def close(self) -> None:
-        """A run's serializer closes its manager at its stop; the file stays open for the next run."""
 
 
 def _check_out(out: Path, one_file: bool) -> None:
@@ -194,7 +178,7 @@ def _run_of(name: str, doc: dict[str, Any], parents: dict[str, str]) -> str | No
     return parents.get(parent) if isinstance(parent, str) else None
 
 
-def _write(store: Store, folder: Path | _OneFile, serializer_class: Any, report: DocumentsExport) -> None:
+def _write(store: Store, folder: Path, serializer_class: Any, report: DocumentsExport) -> None:
     """Stream the campaign's documents, in the order they were stored, each to its run's serializer."""
     from sqlalchemy import func, select
     from sqlalchemy.exc import SQLAlchemyError
@@ -222,8 +206,7 @@ def _write(store: Store, folder: Path | _OneFile, serializer_class: Any, report:
                     label = "-".join(_slug(p) for p in (f"{len(runs) + 1:0{width}d}", sample, step) if _slug(p))
                     # suitcase formats the prefix with the start document: its own `{start[uid]}` names the file
                     writers[uid] = serializer_class(folder, file_prefix=label + "-{start[uid]}")
-                    path = folder / f"{label}-{uid}.jsonl" if isinstance(folder, Path) else Path(report.out)
-                    runs[uid] = ExportedRun(uid, sample, step, path, float(doc.get("time", 0)))
+                    runs[uid] = ExportedRun(uid, sample, step, folder / f"{label}-{uid}.jsonl", float(doc.get("time", 0)))
                     seen[uid] = set()
                 if uid not in writers:  # no start document for it, or it comes after its run's stop
                     report.left_out += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -43,12 +44,18 @@ def instrument_time(store: Store) -> dict[str, float]:
 def pool_outcomes(spec: Campaign, name: str) -> pd.Series | None:
     """Every outcome a pool space can give for `name`, when its dataset tabulates it (a replayed dataset):
     what the campaign's progress is measured against. None for computed spaces."""
-    from athanor.pool import load_pool
-
     if spec.space.pool is None:
         return None
+    return _pool_column(str(spec.space.pool.dataset), tuple(spec.space.pool.inputs), name)
+
+
+@lru_cache(maxsize=16)
+def _pool_column(dataset: str, inputs: tuple[str, ...], name: str) -> pd.Series | None:
+    """Read once per process: `athanor status` and the dashboard summarize often."""
+    from athanor.pool import load_pool
+
     try:
-        return load_pool(spec.space.pool.dataset, spec.space.pool.inputs, [name])[name]
+        return load_pool(dataset, list(inputs), [name])[name]
     except AthanorError:
         return None
 
@@ -202,11 +209,10 @@ def format_summary(summary: dict[str, Any], waited_s: float | None = None, start
         lines.append(("best sample", best["sample_id"]))
         lines += [(f"  {k}", f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in best["inputs"].items()]
         lines += [(f"  -> {k}", f"{v:.6g}") for k, v in best["objectives"].items()]
-        ref = (summary.get("reference") or {}).get(next(iter(best["objectives"]), ""))
-        if ref:  # the first objective, the one "best" is best on
-            lines.append((f"  best of the {ref['pool_rows']} rows", f"{ref['pool_best']:.6g}"))
-            lines.append(("  random sampling, expected", f"{ref['random_expected_best']:.6g} after "
-                                                         f"{summary['n_measured']} (see plots/progress.png)"))
+        for name, ref in (summary.get("reference") or {}).items():
+            lines.append((f"  {name}: best of the {ref['pool_rows']} rows", f"{ref['pool_best']:.6g}"))
+            lines.append((f"  {name}: random sampling, expected", f"{ref['random_expected_best']:.6g} after "
+                                                                    f"{summary['n_measured']} (see plots/progress.png)"))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
 

@@ -100,7 +100,7 @@ class ComputedWorld:
 
     name = ""
     properties: tuple[str, ...] = ()
-    settings: tuple[str, ...] = ()  # what `evaluate` reads besides the composition (a temperature, a structure)
+    settings: tuple[str, ...] | None = None  # what `evaluate` reads besides the composition; None: not declared
 
     def __init__(self, outputs: list[str] | None = None, conditions: SimulatedConditions | None = None):
         self.outputs = list(outputs) if outputs else list(self.properties)

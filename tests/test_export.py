@@ -4,6 +4,7 @@ reader (databroker's JSONL catalog) and replayed through event_model."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -25,7 +26,7 @@ from athanor.testing.invariants import CampaignLog
 from conftest import ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore:The return type of `Dataset.dims`:FutureWarning")  # databroker's
-jsonl = pytest.importorskip("databroker._drivers.jsonl", reason="databroker 1.x (the test extra) reads suitcase-jsonl files")
+import databroker._drivers.jsonl as jsonl  # noqa: E402 -- databroker 1.x, the test extra: it reads suitcase-jsonl files
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +171,30 @@ def test_one_documents_file_holds_every_run_in_order_as_the_per_run_files_do(fin
     assert len(replays) == 4 and all(r.stop_doc["exit_status"] == "success" for r in replays.values())
     with pytest.raises(AthanorError, match="already exists; name a new file"):
         export_documents(finished.out, one)
+
+
+def test_runs_whose_documents_interleave_in_the_store_are_written_whole(copied, tmp_path):
+    """On Ray a synthesis and a measurement run at once: their documents reach the store interleaved."""
+    from athanor.campaign import open_run
+
+    store, _ = open_run(copied)
+    with Session(store.engine) as s, s.begin():
+        rows = s.scalars(select(DocumentRow).order_by(DocumentRow.id)).all()
+        first, second = [r.run_uid for r in rows if r.name == "start"][:2]
+        a, b = [r for r in rows if r.run_uid == first], [r for r in rows if r.run_uid == second]
+        mixed = [r for pair in itertools.zip_longest(a, b) for r in pair if r is not None]
+        copies = [{c.name: getattr(r, c.name) for c in DocumentRow.__table__.columns if c.name != "id"} for r in mixed]
+        s.execute(delete(DocumentRow).where(DocumentRow.run_uid.in_([first, second])))
+        s.flush()
+        s.add_all(DocumentRow(**c) for c in copies)  # new ids, a's and b's documents alternating
+    store.close()
+    one = tmp_path / "all.jsonl"
+    assert export_command(copied, one) == 0
+    runs = [d["uid"] if n == "start" else d.get("run_start") for n, d in (json.loads(x) for x in one.read_text().splitlines())]
+    starts = [r for r, n in zip(runs, (json.loads(x)[0] for x in one.read_text().splitlines())) if n == "start"]
+    blocks = [uid for uid, _ in itertools.groupby(r for r in runs if r is not None)]
+    assert blocks == starts and len(set(blocks)) == len(blocks)  # every run whole, once, in start order
+    assert len(replay(json.loads(x) for x in one.read_text().splitlines())) == 4
 
 
 def test_an_interrupted_run_is_exported_as_stored_without_a_stop_and_the_command_says_so(copied, tmp_path, capsys):

@@ -45,8 +45,10 @@ def test_bare_athanor_and_help_print_the_overview_and_exit_0(capsys):
 
 
 def test_version_is_the_installed_one(capsys):
-    with pytest.raises(SystemExit) as done:
-        main(["--version"])
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"athanor {version('athanor')}\n"
+    with pytest.raises(SystemExit) as done:  # argparse's own, where --version comes with other words
+        main(["--version", "--help"])
     assert done.value.code == 0 and capsys.readouterr().out == f"athanor {version('athanor')}\n"
 
 
@@ -131,8 +133,9 @@ def test_the_demo_is_a_learning_bayesian_campaign_and_its_report_says_against_wh
                "best": {"sample_id": "S0024", "inputs": {"n": 12}, "objectives": {"toughness": 44.9}},
                "reference": {"toughness": ref}}
     table = format_summary(summary, waited_s=26.1, startup_s=17.6)
-    assert "wall time                    6.5 s (you waited 26.1 s, 17.6 s of it starting Ray and the agents)" in table
-    assert "best of the 600 rows" in table and "random sampling, expected" in table
+    assert re.search(r"wall time +6\.5 s \(you waited 26\.1 s, 17\.6 s of it starting Ray and the agents\)", table)
+    assert re.search(r"toughness: best of the 600 rows +46\.7114", table)
+    assert re.search(r"toughness: random sampling, expected +3\d\.\d+ after 30", table)
 
 
 def readme_commands() -> list[list[str]]:
@@ -155,6 +158,13 @@ def test_readme_examples_parse_run_in_folders_of_their_own_and_name_files_that_e
         build_parser(benchmarks=True).parse_args(words[1:])  # an unknown flag or command exits here
     fresh = [w[w.index("--out") + 1] for w in found if w[1] == "run" and "--out" in w and "--resume" not in w]
     assert len(fresh) == len(set(fresh)), sorted(fresh)  # following the README in order never reuses a folder
+    made: set[str] = set()  # a command reads a run folder only after an earlier example made it
+    for words in found:
+        if words[1] == "run" and "--out" in words:
+            made.add(words[words.index("--out") + 1])
+        elif words[1] in ("status", "approve", "reject", "edit", "pause", "unpause", "batch-size", "chat",
+                          "withdraw", "restore", "export"):
+            assert words[2] in made, f"{' '.join(words)}: no earlier example makes {words[2]}"
     configs = {w for words in found for w in words if w.startswith("configs/") and w.endswith(".yaml")}
     for config in configs:
         assert (ROOT / config).is_file(), config
@@ -170,3 +180,21 @@ def test_the_chat_help_says_what_an_edit_and_unpause_do():
     assert "waits for approval again" in edit and "it is not approved" in edit
     assert "resume" not in HELP  # `--resume` continues a stopped run; a paused one is unpaused
     assert [c["name"] for c in parse("unpause").calls] == [c["name"] for c in parse("resume").calls]
+
+
+@pytest.mark.slow
+def test_the_demo_runs_says_what_it_waits_for_and_beats_random_sampling(tmp_path, ray_address, capsys):
+    import json
+
+    out = tmp_path / "demo"
+    assert main(["run", str(ROOT / "configs" / "demo.yaml"), "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    assert "athanor: starting Ray and the campaign's agents" in said.err  # said before the wait, not after
+    assert re.search(r"wall time +\d+\.\d s \(you waited \d+\.\d s, \d+\.\d s of it starting Ray and the agents\)",
+                     said.out), said.out
+    summary = json.loads((out / "summary.json").read_text())
+    ref = summary["reference"]["toughness"]
+    assert summary["designer"] == "bayesian" and summary["n_measured"] == 30
+    # the loop learned: its best beats what random sampling of 30 rows would be expected to find
+    assert summary["best"]["objectives"]["toughness"] > ref["random_expected_best"]
+    assert (out / "plots" / "progress.png").stat().st_size > 10_000
