@@ -100,14 +100,15 @@ class InstrumentAgent(Agent):
             message = self.receive(request, SynthesisRecipe if self.kind == "synthesis" else CharacterizationRequest)
             md = {"sample_id": message.sample_id, "idempotency_key": key, "step": step,
                   "campaign_id": self.campaign_id, "instrument": self.name}
-            beyond = check_limits(self.station.plan(message.model_dump(mode="json"), md))
+            payload = message.model_dump(mode="json")
+            beyond = check_limits(self.station.plan(payload, md))  # a plan is a generator: one to check, one to run
             if beyond:  # refused before anything moves: no run is opened, the sample fails with the reason
                 reply["message"] = to_wire(Fault(
                     campaign_id=self.campaign_id, sample_id=message.sample_id, causation_id=message.id,
                     sender=self.role, step=step, limit_violations=beyond,
                     error=f"{self.name} refused the plan, beyond its limits: {'; '.join(beyond)}"))
                 return {**reply, "documents": []}
-            self.engine(self.station.plan(message.model_dump(mode="json"), md))
+            self.engine(self.station.plan(payload, md))
             if isinstance(message, SynthesisRecipe):
                 reply["message"] = to_wire(SynthesisResult(
                     campaign_id=self.campaign_id, sample_id=message.sample_id, causation_id=message.id,

@@ -94,7 +94,7 @@ def dry_run(config: str | Path, out: str | Path | None = None, experiments: int 
     from athanor.campaign import prepare
     from athanor.runtime import connect
     from athanor.spec import load_campaign
-    from athanor.testing.invariants import check_campaign, step_times
+    from athanor.testing.invariants import CampaignLog, check_campaign, step_times
 
     begun = time.monotonic()
     spec, notes = dry_spec(load_campaign(config), experiments, faults)
@@ -127,8 +127,9 @@ def dry_run(config: str | Path, out: str | Path | None = None, experiments: int 
         finally:
             if started_ray:
                 ray.shutdown()
-        report.checks = [*check_campaign(store, spec, out, snapshots), _check_sessions(report)]
-        report.times = step_times(store)
+        log = CampaignLog.read(store)  # every document once, for the checks and the step times
+        report.checks = [*check_campaign(store, spec, out, snapshots, log), _check_sessions(report)]
+        report.times = step_times(store, log)
         report.states = dict(Counter(s["state"] for s in store.samples()))
     finally:
         store.close()
@@ -160,10 +161,11 @@ def _session(store: Any, spec: Campaign, out: Path, address: str, crash: int | N
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
     tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-3:]
-    timed_out = time.monotonic() - begun > SESSION_TIMEOUT_S
+    wall_s = time.monotonic() - begun
+    timed_out = wall_s > SESSION_TIMEOUT_S
     return {"number": number, "crash_after": crash, "exit": child.returncode, "timed_out": timed_out,
             "killed": child.returncode == -signal.SIGKILL and not timed_out,
-            "wall_s": time.monotonic() - begun, "decided": decided, "log": str(log), "tail": tail}
+            "wall_s": wall_s, "decided": decided, "log": str(log), "tail": tail}
 
 
 def _check_sessions(report: DryRunReport) -> Check:

@@ -228,9 +228,11 @@ def check_outputs(store: Store, out: Path) -> Check:
 
 
 def check_campaign(store: Store, spec: Campaign, out: Path | None = None,
-                   measured_before: Iterable[dict[str, dict[str, float]]] = ()) -> list[Check]:
-    """Every invariant of a finished campaign (the outputs too when its run folder `out` is given)."""
-    log = CampaignLog.read(store)
+                   measured_before: Iterable[dict[str, dict[str, float]]] = (),
+                   log: CampaignLog | None = None) -> list[Check]:
+    """Every invariant of a finished campaign (the outputs too when its run folder `out` is given);
+    `log`: the campaign's log when the caller has read it already."""
+    log = log or CampaignLog.read(store)
     checks = [check_finished(log), check_setpoints(log), check_exactly_once(log),
               check_nothing_lost(log, store, measured_before), check_judged(log), check_messages(log),
               check_documents(log), check_budget(store, spec)]
@@ -246,12 +248,12 @@ def assert_invariants(store: Store, spec: Campaign, out: Path | None = None, ski
         raise InvariantViolation("\n".join(f"{c.name}: {v}" for c in failed for v in c.violations))
 
 
-def step_times(store: Store) -> dict[str, list[float]]:
+def step_times(store: Store, log: CampaignLog | None = None) -> dict[str, list[float]]:
     """Seconds each step took: instrument steps from their runs' start and stop documents, design from
     each request to its proposal, learning from a measurement to its model update."""
-    log = CampaignLog.read(store)
+    log = log or CampaignLog.read(store)
     times: dict[str, list[float]] = defaultdict(list)
-    starts = {uid: d for uid, d in log.runs().items()}
+    starts = log.runs()
     for d in log.documents:
         start = starts.get(d["doc"].get("run_start")) if d["name"] == "stop" else None
         if start is not None and start["step"]:
