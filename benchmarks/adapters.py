@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,6 +19,7 @@ from typing import Any, Iterator, Literal, Protocol
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from athanor import registry
 from athanor.errors import AthanorError
@@ -28,7 +30,7 @@ from athanor.spec import Objective, PoolSpace, Space
 
 INSTALL_HINT = "pip install -e .[bench]"
 ATHANOR_DEFAULT = "bayesian"  # the strategy the bare designer name "athanor" stands for
-EXTERNAL = ("baybe", "ax")
+EXTERNAL = ("baybe", "ax", "botorch")
 
 
 class BenchError(AthanorError):
@@ -87,9 +89,10 @@ def load_problem(dataset: str | Path, inputs: list[str], objective: str, directi
 
 
 class Designer(Protocol):
-    """Answers with the next pool row to measure, given every row measured so far, in order."""
+    """Answers with the next pool rows to measure, given every row measured so far (in order) and
+    the rows still being measured (`pending`, whose values are not known yet)."""
 
-    def next_row(self, measured: list[int], values: list[float]) -> int: ...
+    def next_rows(self, measured: list[int], values: list[float], pending: list[int], q: int) -> list[int]: ...
 
 
 def nearest_free(unit_rows: np.ndarray, point: np.ndarray, measured: list[int]) -> int:
@@ -115,23 +118,27 @@ def quiet() -> Iterator[None]:
 class StrategyDesigner:
     """Any registered athanor strategy, fed the same `Observation` history the designer agent builds."""
 
-    def __init__(self, strategy: str, pool: Pool, seed: int):
+    def __init__(self, strategy: str, pool: Pool, seed: int, options: dict[str, Any] | None = None):
         cls = registry.load("athanor.strategies", strategy)
         space = Space(pool=PoolSpace(dataset=pool.dataset, inputs=pool.inputs))
         objective = Objective(name=pool.objective, direction="minimize" if pool.direction == "min" else "maximize")
         self.pool = pool
-        self.strategy = cls(DesignSpace(space, pool.X), objectives=[objective], seed=seed)
+        self.strategy = cls(DesignSpace(space, pool.X), objectives=[objective], seed=seed, **(options or {}))
         self._X = pool.X
 
-    def next_row(self, measured: list[int], values: list[float]) -> int:
-        history = [Observation(inputs={n: float(v) for n, v in zip(self.pool.inputs, self._X[i])},
-                               values={self.pool.objective: float(y)}, pool_index=int(i))
+    def _inputs(self, row: int) -> dict[str, float]:
+        return {n: float(v) for n, v in zip(self.pool.inputs, self._X[row])}
+
+    def next_rows(self, measured: list[int], values: list[float], pending: list[int], q: int) -> list[int]:
+        history = [Observation(inputs=self._inputs(i), values={self.pool.objective: float(y)}, pool_index=int(i))
                    for i, y in zip(measured, values)]
+        in_flight = [Observation(inputs=self._inputs(i), pool_index=int(i)) for i in pending]
         with quiet():  # the same treatment as the libraries: numerical warnings do not reach the log
-            candidates = self.strategy.propose(history, 1, [])
-        if len(candidates) != 1 or candidates[0].pool_index is None:
-            raise BenchError(f"strategy {self.strategy.name!r} did not name one pool row")
-        return int(candidates[0].pool_index)
+            candidates = self.strategy.propose(history, q, in_flight)
+        self.model = getattr(self.strategy, "model_version", None)
+        if len(candidates) != q or any(c.pool_index is None for c in candidates):
+            raise BenchError(f"strategy {self.strategy.name!r} did not name {q} pool row(s)")
+        return [int(c.pool_index) for c in candidates]
 
 
 # --- BayBE -----------------------------------------------------------------------------------------
@@ -159,19 +166,20 @@ class BayBEDesigner:
             self.campaign = baybe.Campaign(space, target, allow_recommending_already_measured=False)
         self._told = 0
 
-    def next_row(self, measured: list[int], values: list[float]) -> int:
+    def next_rows(self, measured: list[int], values: list[float], pending: list[int], q: int) -> list[int]:
         new = measured[self._told:]
         with quiet():
             if new:
                 self.campaign.add_measurements(self.pool.frame.iloc[new][[*self.pool.varying, self.pool.objective]])
                 self._told = len(measured)
-            recommended = self.campaign.recommend(batch_size=1)
+            in_flight = self.pool.frame.iloc[pending][self.pool.varying] if pending else None
+            recommended = self.campaign.recommend(batch_size=q, pending_experiments=in_flight)
         # The discrete subspace keeps the frame's RangeIndex, so the label is the pool row.
-        row = int(recommended.index[0])
-        if not np.allclose(self.pool.frame.loc[row, self.pool.varying].to_numpy(dtype=float),
-                           recommended[self.pool.varying].to_numpy(dtype=float)[0]):
+        rows = [int(i) for i in recommended.index]
+        if not np.allclose(self.pool.frame.loc[rows, self.pool.varying].to_numpy(dtype=float),
+                           recommended[self.pool.varying].to_numpy(dtype=float)):
             raise BenchError("BayBE's recommendation does not match its index in the pool")
-        return row
+        return rows
 
 
 # --- Ax --------------------------------------------------------------------------------------------
@@ -206,7 +214,9 @@ class AxDesigner:
     def _params(self, row: int) -> dict[str, float]:
         return {f"x{j}": float(self.pool.X[row, j]) for j in self._cols}
 
-    def next_row(self, measured: list[int], values: list[float]) -> int:
+    def next_rows(self, measured: list[int], values: list[float], pending: list[int], q: int) -> list[int]:
+        if q != 1 or pending:
+            raise BenchError("the Ax adapter proposes one row at a time")
         with quiet():
             for row, value in zip(measured[self._told:], values[self._told:]):
                 if self._open is not None and self._open[1] == row:
@@ -227,7 +237,42 @@ class AxDesigner:
                 self._open = (trial, row)  # Ax asked for exactly this row: complete its own trial later
             else:
                 self.client.mark_trial_abandoned(trial)
-        return row
+        return [row]
+
+
+# --- plain BoTorch ---------------------------------------------------------------------------------
+
+
+class BoTorchDesigner:
+    """The textbook baseline: BoTorch's SingleTaskGP with its own defaults on the pool's rows scaled
+    to [0, 1], analytic LogEI against the best measured value, every free row scored exactly."""
+
+    def __init__(self, pool: Pool, seed: int):
+        import torch
+
+        self.pool, self.seed = pool, seed
+        self._unit = torch.as_tensor(pool.unit()[0], dtype=torch.double)
+        self._sign = -1.0 if pool.direction == "min" else 1.0
+
+    def next_rows(self, measured: list[int], values: list[float], pending: list[int], q: int) -> list[int]:
+        import torch
+        from botorch.acquisition.analytic import LogExpectedImprovement
+        from botorch.fit import fit_gpytorch_mll
+        from botorch.models import SingleTaskGP
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        if q != 1 or pending:
+            raise BenchError("the plain BoTorch baseline proposes one row at a time")
+        torch.manual_seed(self.seed + len(measured))
+        X = self._unit[measured]
+        Y = self._sign * torch.as_tensor(values, dtype=torch.double).unsqueeze(-1)
+        with quiet():
+            model = SingleTaskGP(X, Y)  # BoTorch's defaults: RBF with its LogNormal prior, Standardize
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+            free = torch.as_tensor(np.setdiff1d(np.arange(len(self.pool)), measured))
+            with torch.no_grad():
+                scores = LogExpectedImprovement(model, best_f=Y.max()).forward(self._unit[free].unsqueeze(-2))
+        return [int(free[int(torch.argmax(scores))])]
 
 
 # --- loading the optional libraries ----------------------------------------------------------------
@@ -264,27 +309,67 @@ def _import_ax() -> tuple[Any, Any]:
 
 @dataclass(frozen=True)
 class DesignerSpec:
-    """What a name on the command line means: the exact random curve, a strategy, or a library."""
+    """What a name on the command line means: the exact random curve, a strategy, or a library;
+    `batch` rows per proposal with `in_flight` batches being measured at once (1: synchronous)."""
 
     name: str
-    kind: Literal["random", "strategy", "baybe", "ax"]
+    kind: Literal["random", "strategy", "baybe", "ax", "botorch"]
     strategy: str | None = None
+    batch: int = 1
+    in_flight: int = 1
+    options: tuple[tuple[str, Any], ...] = ()  # a strategy's options, from NAME[key=value;...]
+
+
+def _options(name: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """`athanor[warp_outputs=false;surrogate=rbf]`: the strategy's options, values read as YAML."""
+    base, bracket, rest = name.partition("[")
+    if not bracket:
+        return name, ()
+    if not rest.endswith("]"):
+        raise BenchError(f"designer {name!r}: options go in one [key=value;...] at the end of the name")
+    pairs = []
+    for item in filter(None, rest[:-1].split(";")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise BenchError(f"designer {name!r}: {item!r} is not key=value")
+        pairs.append((key.strip(), yaml.safe_load(value)))
+    return base, tuple(pairs)
+
+
+def _batch_suffix(name: str) -> tuple[str, int, int]:
+    """`NAME@qB` proposes B rows at a time, synchronously; `NAME@qBxF` keeps F batches in flight,
+    each proposed with the rows still being measured as pending points."""
+    base, _, suffix = name.partition("@")
+    if not suffix:
+        return name, 1, 1
+    match = re.fullmatch(r"q(\d+)(?:x(\d+))?", suffix)
+    if not match or int(match[1]) < 1 or int(match[2] or 1) < 1:
+        raise BenchError(f"designer {name!r}: the batch suffix is @qB or @qBxF (B rows, F batches in flight)")
+    return base, int(match[1]), int(match[2] or 1)
 
 
 def resolve(name: str) -> DesignerSpec:
     """`random` is the exact curve; `athanor` is the bayesian strategy; `athanor:X` or a bare
-    registered name X is that strategy (so `athanor:random` is random sampling, simulated)."""
+    registered name X is that strategy (so `athanor:random` is random sampling, simulated);
+    `botorch` is a plain BoTorch GP with LogEI. Any designer but random and the one-at-a-time
+    baselines (ax, botorch) takes a batch suffix: `athanor@q4x2`, `baybe@q4`."""
     known = registry.available("athanor.strategies")
-    if name == "random":
+    base, batch, in_flight = _batch_suffix(name)
+    base, options = _options(base)
+    if options and base in ("random", *EXTERNAL):
+        raise BenchError(f"designer {base!r} takes no options: they are for athanor's strategies")
+    if base in ("random", "ax", "botorch") and (batch, in_flight) != (1, 1):
+        raise BenchError(f"designer {base!r} proposes one row at a time: no batch suffix")
+    if base == "random":
         return DesignerSpec(name, "random")
-    if name in EXTERNAL:
-        return DesignerSpec(name, name)  # type: ignore[arg-type]
-    strategy = ATHANOR_DEFAULT if name == "athanor" else name.removeprefix("athanor:")
+    if base in EXTERNAL:
+        return DesignerSpec(name, base, batch=batch, in_flight=in_flight)  # type: ignore[arg-type]
+    strategy = ATHANOR_DEFAULT if base == "athanor" else base.removeprefix("athanor:")
     if strategy not in known:
         why = " (the bare name 'athanor' means that strategy)" if name == "athanor" else ""
         raise BenchError(f"unknown designer {name!r}: no strategy {strategy!r}{why}; "
-                         f"use random, baybe, ax, athanor[:STRATEGY] or one of: {', '.join(sorted(known))}")
-    return DesignerSpec(name, "strategy", strategy)
+                         f"use random, baybe, ax, botorch, athanor[:STRATEGY] or one of: {', '.join(sorted(known))}")
+    return DesignerSpec(name, "strategy", strategy, batch, in_flight, options)
 
 
 def check_available(spec: DesignerSpec) -> None:
@@ -297,9 +382,11 @@ def check_available(spec: DesignerSpec) -> None:
 
 def make_designer(spec: DesignerSpec, pool: Pool, seed: int) -> Designer:
     if spec.kind == "strategy":
-        return StrategyDesigner(spec.strategy or ATHANOR_DEFAULT, pool, seed)
+        return StrategyDesigner(spec.strategy or ATHANOR_DEFAULT, pool, seed, dict(spec.options))
     if spec.kind == "baybe":
         return BayBEDesigner(pool, seed)
     if spec.kind == "ax":
         return AxDesigner(pool, seed)
+    if spec.kind == "botorch":
+        return BoTorchDesigner(pool, seed)
     raise BenchError("the random designer has an exact curve and proposes nothing")

@@ -15,6 +15,7 @@ number. Library use: `run_benchmark(...)`; CLI wiring: `add_parser(subparsers)`.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import math
@@ -22,6 +23,7 @@ import random as _random
 import statistics
 import sys
 import time
+from collections import deque
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -102,21 +104,35 @@ def _seed_globals(seed: int) -> None:
 # --- running ---------------------------------------------------------------------------------------
 
 
-def run_campaign(spec: DesignerSpec, pool: Pool, start: list[int], budget: int,
-                 seed: int) -> tuple[list[int], list[float]]:
-    """One campaign: the shared start, then one proposal at a time. Returns picks and latencies."""
+def run_campaign(spec: DesignerSpec, pool: Pool, start: list[int], budget: int, seed: int,
+                 models: list[str] | None = None) -> tuple[list[int], list[float]]:
+    """One campaign: the shared start, then `spec.batch` rows per proposal until the budget.
+
+    With `spec.in_flight` F > 1 the campaign runs as a lab runs it: each batch is proposed while the
+    F − 1 batches before it are still being measured (pending), and the oldest completes after each
+    proposal. Picks are in the order proposed; returns picks and the seconds each proposal took, and
+    appends to `models` the model each proposal used, where the designer names one."""
     _seed_globals(seed)
     designer = make_designer(spec, pool, seed)
     y = pool.y
     picks, latencies = list(start), []
+    measured, in_flight = list(start), deque()
     while len(picks) < budget:
+        q = min(spec.batch, budget - len(picks))
+        pending = [row for rows in in_flight for row in rows]
         began = time.perf_counter()
-        row = designer.next_row(list(picks), [float(y[i]) for i in picks])
+        rows = designer.next_rows(list(measured), [float(y[i]) for i in measured], pending, q)
         latencies.append(time.perf_counter() - began)
-        if not 0 <= row < len(pool) or row in picks:
-            raise BenchError(f"designer {spec.name!r} proposed row {row}, which is "
-                             f"{'already measured' if row in picks else 'not in the pool'}")
-        picks.append(int(row))
+        if models is not None and getattr(designer, "model", None):
+            models.append(designer.model)
+        bad = [r for r in rows if not 0 <= r < len(pool) or r in picks]
+        if len(rows) != q or bad or len(set(rows)) != q:
+            raise BenchError(f"designer {spec.name!r} proposed rows {rows} for {q}: "
+                             f"{'a row already measured, pending or outside the pool' if bad else 'not distinct rows'}")
+        picks += rows
+        in_flight.append(rows)
+        if len(in_flight) >= spec.in_flight:
+            measured += in_flight.popleft()
     return picks, latencies
 
 
@@ -220,9 +236,9 @@ def _run(dataset: str | Path, inputs: Sequence[str] | str | None, objective: str
             entry = summarize(random_curve(n, budget), n, [])
             entry["picks"] = None
         else:
-            curves, latencies, picks = [], [], []
+            curves, latencies, picks, models = [], [], [], []
             for r, start in enumerate(starts):
-                rows, times = run_campaign(spec, pool, start, budget, designer_seed(seed, r))
+                rows, times = run_campaign(spec, pool, start, budget, designer_seed(seed, r), models)
                 curves.append(found_curve(rows, top))
                 latencies += times
                 picks.append(rows)
@@ -231,6 +247,8 @@ def _run(dataset: str | Path, inputs: Sequence[str] | str | None, objective: str
                         f"{statistics.median(times) if times else 0:.3f} s per proposal")
             entry = summarize(np.mean(curves, axis=0), n, latencies)
             entry["picks"] = picks
+            if models:  # how often each surrogate steered a proposal
+                entry["models"] = dict(collections.Counter(m.rsplit("-", 1)[0] for m in models).most_common())
         entry.update(kind=spec.kind, strategy=spec.strategy, wall_s=round(time.perf_counter() - began, 3))
         result["designers"][spec.name] = entry
     if out is not None:
@@ -282,7 +300,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="campaigns per designer")
     parser.add_argument("--designers", action="append", metavar="NAMES", default=None,
                         help="comma list: athanor (the bayesian strategy), athanor:STRATEGY or a strategy "
-                             "name, baybe, ax, random (exact curve); default athanor,baybe,ax,random")
+                             "name, baybe, ax, botorch (a plain BoTorch GP with LogEI), random (exact curve); "
+                             "a suffix @qB proposes B rows at a time, @qBxF with F batches in flight "
+                             "(e.g. athanor@q4x2); default athanor,baybe,ax,random")
     parser.add_argument("--seed", type=int, default=0, help="base seed: each repeat's starting rows and designer seed derive from (seed, repeat); default 0")
     parser.add_argument("--out", required=True, type=Path, help="folder for bench.json and top5.png")
     parser.add_argument("--threads", type=int, default=1,

@@ -25,19 +25,17 @@ from botorch.acquisition.objective import GenericMCObjective
 from botorch.exceptions import ModelFittingError
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MixedSingleTaskGP, ModelListGP, SingleTaskGP
-from botorch.models.transforms.input import Warp
 from botorch.models.transforms.outcome import Standardize
 from botorch.sampling import SobolQMCNormalSampler
-from gpytorch.constraints import GreaterThan
-from gpytorch.kernels import MaternKernel, ScaleKernel
-from gpytorch.mlls import ExactMarginalLogLikelihood, SumMarginalLogLikelihood
-from gpytorch.priors import GammaPrior, LogNormalPrior
+from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from athanor.messages import Candidate, Prediction
 from athanor.planners.base import Observation, input_key
 from athanor.planners.optim import optimize_box, optimize_simplex, score_pool
 from athanor.planners.random import SobolStrategy
 from athanor.planners.space import DesignSpace
+from athanor.planners.surrogates import (KERNELS, Recipe, checkpoint, composition_warp, fit_gp, hyperparameters,
+                                         loo_log_density)
 from athanor.spec import Objective, OutcomeConstraint
 
 
@@ -80,6 +78,16 @@ class OutputWarp:
     def forward(self, Y: np.ndarray) -> np.ndarray:
         return (self._forward_power(Y) - self.mean) / self.sd if self.enabled else Y
 
+    def log_jacobian(self, y: np.ndarray, column: int) -> np.ndarray:
+        """log |dz/dy| of the forward map of one column: what a density over z gains as one over y."""
+        y = np.asarray(y, dtype=float)
+        if not self.enabled:
+            return np.zeros_like(y)
+        lam = self._power.lambdas_[column]
+        with np.errstate(all="ignore"):
+            slope = np.where(y >= 0, (lam - 1) * np.log1p(np.abs(y)), (1 - lam) * np.log1p(np.abs(y)))
+        return slope - math.log(self.sd[column])
+
     def value(self, column: int, y: float) -> float:
         row = np.array(self.raw_mean, dtype=float)
         row[column] = y
@@ -103,44 +111,14 @@ class OutputWarp:
         return mean, sd
 
 
-def matern_kernel(dim: int) -> ScaleKernel:
-    """Matérn-5/2 ARD kernel with a dimension-scaled Gamma lengthscale prior.
-
-    BoTorch's default (RBF, LogNormal prior scaled with sqrt(d), Hvarfner et al. 2024) is made for
-    many dimensions; measured on the Liang 2021 pools (benchmarks/README.md) the rougher Matérn
-    kernel with a lighter-tailed Gamma prior of the same mode found the top rows sooner.
-    """
-    concentration = 3.0
-    rate = (concentration - 1) / math.exp(math.sqrt(2) - 3) / math.sqrt(dim)
-    prior = GammaPrior(concentration, rate)
-    base = MaternKernel(nu=2.5, ard_num_dims=dim, lengthscale_prior=prior,
-                        lengthscale_constraint=GreaterThan(2.5e-2, transform=None, initial_value=prior.mode))
-    return ScaleKernel(base)
-
-
-def composition_warp(dim: int, fraction_dims: list[int]) -> Warp | None:
-    """Kumaraswamy input warping of composition fractions (Snoek et al. 2014).
-
-    Properties of materials often change fastest near the simplex's edges (dilute dopants, a phase
-    boundary near a pure end member); a learned warp lets a stationary kernel stretch those regions.
-    Measured on the Liang 2021 pools (benchmarks/README.md): Perovskite EF 1.03 -> 1.40 and P3HT
-    2.59 -> 2.85; on process-parameter pools (AgNP, CrossedBarrel) warping every input lost ground,
-    so only fractions are warped.
-    """
-    if not fraction_dims:
-        return None
-    prior = LogNormalPrior(0.0, 0.75**0.5)  # BoTorch's tutorial default: centred on the identity
-    return Warp(d=dim, indices=list(fraction_dims), concentration1_prior=prior, concentration0_prior=prior)
-
-
 class BayesianStrategy:
     name = "bayesian"
 
     def __init__(self, space: DesignSpace, objectives: Sequence[Objective] = (), seed: int = 0,
                  constraints: Sequence[OutcomeConstraint] = (), n_init: int | None = None,
                  mc_samples: int = 128, num_restarts: int = 8, raw_samples: int = 256, steps: int = 60,
-                 warp_outputs: bool = True, warp_inputs: bool | None = None, acquisition: str = "qLogNEI",
-                 **_options: Any):
+                 warp_outputs: bool | str = "auto", warp_inputs: bool | str | None = None, acquisition: str = "qLogNEI",
+                 kernel: str = "auto", choose_from: int = 8, early: str = "matern", **_options: Any):
         if not objectives:
             raise ValueError("the Bayesian designer needs at least one objective")
         self.space = space
@@ -154,10 +132,25 @@ class BayesianStrategy:
         if acquisition not in ("qLogNEI", "qLogEI"):
             raise ValueError(f"designer.options.acquisition must be qLogNEI or qLogEI, not {acquisition!r}")
         self.acquisition = acquisition
-        self.warp_outputs = warp_outputs
-        # Warping is cheap where the acquisition is scored on a finite pool; on a continuous simplex
-        # it tripled proposal latency (1.08 -> 2.87 s at q=4, n=100, d=10), so there it is opt-in.
-        self.warp_inputs = space.is_pool if warp_inputs is None else warp_inputs
+        if kernel not in ("auto", *KERNELS):
+            raise ValueError(f"designer.options.kernel must be auto or one of {', '.join(KERNELS)}, not {kernel!r}")
+        for option, value in (("warp_outputs", warp_outputs), ("warp_inputs", warp_inputs)):
+            if value not in ("auto", True, False, None):
+                raise ValueError(f"designer.options.{option} must be auto, true or false, not {value!r}")
+        # Input warping is decided on pools; on a continuous simplex it tripled proposal latency
+        # (1.08 -> 2.87 s at q=4, n=100, d=10), so there it is opt-in. Only fractions are warped.
+        if warp_inputs is None:
+            warp_inputs = "auto" if space.is_pool else False
+        if not space.fraction_dims:
+            warp_inputs = False
+        # The portfolio: every recipe the options leave open, chosen among by leave-one-out density
+        # (planners/surrogates.py) from `choose_from` measurements on; before that, `early`.
+        self.portfolio = [Recipe(k, wo, wi) for wi in ((False, True) if warp_inputs == "auto" else (warp_inputs,))
+                          for k in (KERNELS if kernel == "auto" else (kernel,))
+                          for wo in ((False, True) if warp_outputs == "auto" else (warp_outputs,))]
+        self.early = next((r for r in self.portfolio if r.name == early), self.portfolio[0])
+        self.choose_from = max(int(choose_from), 3)
+        self._choice: tuple[bytes, Recipe, Any, OutputWarp] | None = None  # the last checkpoint's
         self.fallback = SobolStrategy(space, objectives, seed)
         self.model_version: str | None = None
 
@@ -172,15 +165,14 @@ class BayesianStrategy:
             return self._space_filling(history, n, pending, "every objective constant so far: exploring")
         torch.manual_seed(self.seed + len(history))
         try:
-            targets = [i for i, o in enumerate(self.objectives) if o.direction == "target"]
-            self.warp = OutputWarp(Y.numpy(), enabled=self.warp_outputs, keep=targets)
-            model = self._fit(X, torch.as_tensor(self.warp.forward(Y.numpy()), dtype=torch.double))
+            recipe, why, model = self._model(measured, X, Y)
         except (ModelFittingError, RuntimeError, ValueError) as exc:  # numerics, not a campaign-ending bug
             return self._space_filling(history, n, pending, f"model fit failed ({type(exc).__name__}): exploring")
-        self.model_version = f"gp-{len(X)}"
+        self.model_version = f"gp-{recipe.name}-{len(X)}"
         acqf, label = self._acquisition(model, X, torch.as_tensor(self.warp.forward(Y.numpy())), pending)
         picks, values, pool_rows = self._maximize(acqf, n, history, pending)
-        proposals = self._candidates(model, picks, values, pool_rows, label, len(measured), len(pending))
+        proposals = self._candidates(model, picks, values, pool_rows, f"{label} on a {recipe.name} GP ({why})",
+                                     len(measured), len(pending))
         return self._distinct(proposals, history, pending)
 
     # --- pieces ---------------------------------------------------------------------------------
@@ -222,24 +214,74 @@ class BayesianStrategy:
         X_mean = np.stack([X[inverse == i][0] for i in range(len(keys))])
         return torch.as_tensor(X_mean, dtype=torch.double), torch.as_tensor(Y_mean, dtype=torch.double)
 
-    def _fit(self, X: torch.Tensor, Y: torch.Tensor) -> SingleTaskGP | ModelListGP:
-        cat_dims = self.space.cat_dims
+    def _model(self, measured: list[Observation], X: torch.Tensor, Y: torch.Tensor) -> tuple[Recipe, str, Any]:
+        """The recipe for these measurements, the reason, and the fitted model (sets self.warp)."""
+        targets = [i for i, o in enumerate(self.objectives) if o.direction == "target"]
+        init = None
+        if len(self.portfolio) == 1 or self.space.cat_dims:
+            recipe, why = self.portfolio[0] if len(self.portfolio) == 1 else self.early, "as configured"
+        elif len(measured) < self.choose_from:
+            recipe, why = self.early, f"the early recipe until {self.choose_from} measured"
+        else:
+            at = checkpoint(len(measured), self.choose_from)
+            recipe, model, warp = self._choose(measured[:at], targets)
+            why = f"best leave-one-out density at {at} measured"
+            if at == len(measured):
+                self.warp = warp
+                return recipe, why, model
+            init = [hyperparameters(m) for m in (model.models if isinstance(model, ModelListGP) else [model])]
+        self.warp = OutputWarp(Y.numpy(), enabled=recipe.warp_outputs, keep=targets)
+        z = torch.as_tensor(self.warp.forward(Y.numpy()), dtype=torch.double)
+        return recipe, why, self._fit(X, z, recipe, init)
+
+    def _choose(self, measured: list[Observation], targets: list[int]) -> tuple[Recipe, Any, OutputWarp]:
+        """Fit the recipes to these measurements and keep the one whose leave-one-out predictions
+        give the first objective's values the highest density, in measured units. Input warping is
+        the slow fit (two parameters per fraction, slow to converge), so it is tried only in the
+        best plain recipe. Cached for the checkpoint: the recipe, its model and its output warp."""
+        X, Y = self._training_data(measured)
+        key = X.numpy().tobytes() + Y.numpy().tobytes()
+        if self._choice is not None and self._choice[0] == key:
+            return self._choice[1:]
+
+        def scored(recipe: Recipe) -> tuple[float, Recipe, Any, OutputWarp] | None:
+            warp = OutputWarp(Y.numpy(), enabled=recipe.warp_outputs, keep=targets)
+            try:
+                model = self._fit(X, torch.as_tensor(warp.forward(Y.numpy()), dtype=torch.double), recipe)
+                first = model.models[0] if isinstance(model, ModelListGP) else model
+                score = float(loo_log_density(first).sum() + warp.log_jacobian(Y[:, 0].numpy(), 0).sum())
+            except (ModelFittingError, RuntimeError, ValueError):
+                return None
+            return (score, recipe, model, warp) if math.isfinite(score) else None
+
+        plain = [r for r in self.portfolio if not r.warp_inputs] or self.portfolio
+        results = [r for r in map(scored, plain) if r is not None]
+        if results:
+            lead = max(results, key=lambda r: r[0])[1]
+            results += [r for r in map(scored, [w for w in self.portfolio if w.warp_inputs and w not in plain and
+                                                (w.kernel, w.warp_outputs) == (lead.kernel, lead.warp_outputs)])
+                        if r is not None]
+        if not results:
+            raise ModelFittingError("no recipe of the portfolio could be fitted")
+        best = max(results, key=lambda r: r[0])  # the first of equals: the portfolio's order
+        self._choice = (key, best[1], best[2], best[3])
+        return self._choice[1:]
+
+    def _fit(self, X: torch.Tensor, Y: torch.Tensor, recipe: Recipe,
+             init: list[dict[str, torch.Tensor]] | None = None) -> SingleTaskGP | ModelListGP:
+        fractions = self.space.fraction_dims if recipe.warp_inputs else []
         models = []
         for j in range(Y.shape[1]):
             y = Y[:, j:j + 1]
-            warp = composition_warp(X.shape[-1], self.space.fraction_dims) if self.warp_inputs else None
-            if cat_dims:
-                models.append(MixedSingleTaskGP(X, y, cat_dims=cat_dims, input_transform=warp,
-                                                outcome_transform=Standardize(m=1)))
+            if self.space.cat_dims:
+                model = MixedSingleTaskGP(X, y, cat_dims=self.space.cat_dims,
+                                          input_transform=composition_warp(X.shape[-1], fractions),
+                                          outcome_transform=Standardize(m=1))
+                fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
             else:
-                models.append(SingleTaskGP(X, y, covar_module=matern_kernel(X.shape[-1]), input_transform=warp,
-                                           outcome_transform=Standardize(m=1)))
-        if len(models) == 1:
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(models[0].likelihood, models[0]))
-            return models[0]
-        model = ModelListGP(*models)
-        fit_gpytorch_mll(SumMarginalLogLikelihood(model.likelihood, model))
-        return model
+                model = fit_gp(X, y, recipe.kernel, fractions, init[j] if init else None)
+            models.append(model)
+        return models[0] if len(models) == 1 else ModelListGP(*models)
 
     def _constraint_callables(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         """BoTorch's convention: feasible where the callable is <= 0."""

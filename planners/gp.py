@@ -16,7 +16,7 @@ from botorch.models import SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
-from athanor.planners.bayesian import matern_kernel
+from athanor.planners.surrogates import matern_kernel
 
 
 class GaussianProcess:

@@ -110,6 +110,8 @@ class DesignSpace:
         scale = np.abs(np.median(totals))
         if self.pool.shape[1] < 2 or scale == 0 or np.ptp(totals) > 0.03 * scale or (self.pool < 0).any():
             return []
+        if np.isin(self.pool, (0.0, 1.0)).all():  # one-hot categories also sum to a constant: no fractions
+            return []
         return list(range(self.pool.shape[1]))
 
     @property

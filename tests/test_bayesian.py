@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from botorch.exceptions import ModelFittingError
 
-from athanor.planners import bayesian
+from athanor.planners import bayesian, surrogates
 from athanor.planners.base import Observation
 from athanor.planners.bayesian import BayesianStrategy
 from athanor.planners.optim import project_to_simplex
@@ -179,7 +179,8 @@ def test_failure_modes_fall_back_without_crashing(monkeypatch):
     proposal = strategy.propose(messy, 2, [])
     assert len(proposal) == 2 and all(0 <= c.inputs["a"] <= 1 for c in proposal)
     # A fit that fails.
-    monkeypatch.setattr(bayesian, "fit_gpytorch_mll", lambda *a, **k: (_ for _ in ()).throw(ModelFittingError("boom")))
+    for module in (bayesian, surrogates):
+        monkeypatch.setattr(module, "fit_gpytorch_mll", lambda *a, **k: (_ for _ in ()).throw(ModelFittingError("boom")))
     data = [Observation(inputs={"a": a}, values={"y": a * a}) for a in (0.1, 0.4, 0.9)]
     assert "model fit failed" in strategy.propose(data, 1, [])[0].rationale
 
