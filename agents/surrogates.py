@@ -2,8 +2,9 @@
 
 Two surrogates per campaign:
 
-* ``gp``: the Gaussian processes the Bayesian designer uses, built by `BayesianStrategy._fit` on
-  outputs warped by its `OutputWarp` (one GP per output), predictions mapped back to measured units.
+* ``gp``: the Gaussian processes the Bayesian designer uses by default (its `early` recipe, built by
+  `BayesianStrategy._fit` on outputs warped by its `OutputWarp`, one GP per output), predictions
+  mapped back to measured units.
 * ``ensemble``: a `DeepEnsemble` (torch MLPs with Gaussian heads, differentiable in the inputs) from
   the design space's features (composition fractions, scaled parameters, one-hot categoricals) to
   every output at once.
@@ -153,8 +154,9 @@ class GPSurrogate:
 
         self.parts = []
         Xt = torch.as_tensor(X, dtype=torch.double)
+        recipe = self.strategy.early  # the designer's default recipe (it may choose another per campaign)
         for j in range(Y.shape[1]):
-            warp = OutputWarp(Y[:, j:j + 1], enabled=self.strategy.warp_outputs, keep=[0] if self.targets[j] else [])
+            warp = OutputWarp(Y[:, j:j + 1], enabled=recipe.warp_outputs, keep=[0] if self.targets[j] else [])
             Z = warp.forward(Y[:, j:j + 1])
             if not np.isfinite(Z).all():
                 warp = OutputWarp(Y[:, j:j + 1], enabled=False)
@@ -163,7 +165,7 @@ class GPSurrogate:
             else:
                 self.parts.append(("warp", warp, 0.0, 1.0))
             torch.manual_seed(self.seed + j)
-            model = self.strategy._fit(Xt, torch.as_tensor(Z, dtype=torch.double))
+            model = self.strategy._fit(Xt, torch.as_tensor(Z, dtype=torch.double), recipe)
             self.parts[-1] = (*self.parts[-1], model)
         return self
 

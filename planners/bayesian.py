@@ -118,7 +118,8 @@ class BayesianStrategy:
                  constraints: Sequence[OutcomeConstraint] = (), n_init: int | None = None,
                  mc_samples: int = 128, num_restarts: int = 8, raw_samples: int = 256, steps: int = 60,
                  warp_outputs: bool | str = "auto", warp_inputs: bool | str | None = None, acquisition: str = "qLogNEI",
-                 kernel: str = "auto", choose_from: int = 8, early: str = "matern", **_options: Any):
+                 kernel: str = "auto", choose_from: int = 8, early: str = "matern+outwarp", margin: float = 3.0,
+                 **_options: Any):
         if not objectives:
             raise ValueError("the Bayesian designer needs at least one objective")
         self.space = space
@@ -150,6 +151,7 @@ class BayesianStrategy:
                           for wo in ((False, True) if warp_outputs == "auto" else (warp_outputs,))]
         self.early = next((r for r in self.portfolio if r.name == early), self.portfolio[0])
         self.choose_from = max(int(choose_from), 3)
+        self.margin = float(margin)
         self._choice: tuple[bytes, Recipe, Any, OutputWarp] | None = None  # the last checkpoint's
         self.fallback = SobolStrategy(space, objectives, seed)
         self.model_version: str | None = None
@@ -171,7 +173,7 @@ class BayesianStrategy:
         self.model_version = f"gp-{recipe.name}-{len(X)}"
         acqf, label = self._acquisition(model, X, torch.as_tensor(self.warp.forward(Y.numpy())), pending)
         picks, values, pool_rows = self._maximize(acqf, n, history, pending)
-        proposals = self._candidates(model, picks, values, pool_rows, f"{label} on a {recipe.name} GP ({why})",
+        proposals = self._candidates(model, picks, values, pool_rows, label, f"{recipe.name} GP ({why})",
                                      len(measured), len(pending))
         return self._distinct(proposals, history, pending)
 
@@ -264,6 +266,11 @@ class BayesianStrategy:
         if not results:
             raise ModelFittingError("no recipe of the portfolio could be fitted")
         best = max(results, key=lambda r: r[0])  # the first of equals: the portfolio's order
+        # A few points' LOO densities are noisy: leave the default recipe only on strong evidence
+        # (`margin` nats in total, a likelihood ratio of e^3 ≈ 20 by default).
+        default = next((r for r in results if r[1] == self.early), None)
+        if default is not None and best[0] - default[0] < self.margin:
+            best = default
         self._choice = (key, best[1], best[2], best[3])
         return self._choice[1:]
 
@@ -349,7 +356,7 @@ class BayesianStrategy:
         return X, values, [None] * len(X)
 
     def _candidates(self, model: Any, X: torch.Tensor, values: list[float], pool_rows: list[int | None],
-                    label: str, n_measured: int, n_pending: int) -> list[Candidate]:
+                    label: str, surrogate: str, n_measured: int, n_pending: int) -> list[Candidate]:
         if len(X) == 0:
             return []
         with torch.no_grad():
@@ -366,6 +373,6 @@ class BayesianStrategy:
             out.append(Candidate(
                 inputs=inputs, pool_index=row, acquisition_value=acq, predicted=predicted,
                 rationale=(f"{label} pick {i + 1} of {len(X)}" + (f" (log value {acq:.3g})" if acq is not None else "")
-                           + f": predicted {summary}; GP on {n_measured} measured, {n_pending} pending"),
+                           + f": predicted {summary}; {surrogate} on {n_measured} measured, {n_pending} pending"),
             ))
         return out

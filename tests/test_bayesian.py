@@ -11,6 +11,7 @@ from athanor.planners.base import Observation
 from athanor.planners.bayesian import BayesianStrategy
 from athanor.planners.optim import project_to_simplex
 from athanor.planners.space import DesignSpace
+from athanor.planners.surrogates import Recipe
 from athanor.simulators.replay import load_pool
 from athanor.spec import parse_campaign
 from conftest import DATA, P3HT_INPUTS, P3HT_OBJECTIVE
@@ -227,9 +228,13 @@ def test_blend_fractions_are_warped_in_pool_mode_and_process_columns_are_not():
                            values={P3HT_OBJECTIVE: float(pool[P3HT_OBJECTIVE][i])}) for i in range(0, 30, 3)]
     strategy = BayesianStrategy(space, spec.objectives, seed=1, **FAST)
     X, Y = strategy._training_data(history)
-    model = strategy._fit(X, Y)
+    model = strategy._fit(X, Y, Recipe("matern", False, True))
     assert isinstance(model.input_transform, Warp) and model.input_transform.indices.tolist() == list(range(5))
+    assert getattr(strategy._fit(X, Y, Recipe("matern", False, False)), "input_transform", None) is None
+    assert any(r.warp_inputs for r in strategy.portfolio)  # on a blend pool, warping is a choice
     plain = BayesianStrategy(space, spec.objectives, seed=1, warp_inputs=False, **FAST)
-    assert getattr(plain._fit(X, Y), "input_transform", None) is None
+    assert not any(r.warp_inputs for r in plain.portfolio)
+    process = BayesianStrategy(shifted, spec.objectives, seed=1, warp_inputs=True, **FAST)
+    assert not any(r.warp_inputs for r in process.portfolio)  # nothing to warp where there are no fractions
     picks = strategy.propose(history, 2, [])
     assert len(picks) == 2 and all(p.pool_index is not None for p in picks)

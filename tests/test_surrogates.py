@@ -109,7 +109,7 @@ def test_fixed_options_shrink_the_portfolio_and_bad_ones_are_refused() -> None:
     fixed = BayesianStrategy(space, objectives, kernel="rbf", warp_outputs=False, warp_inputs=False)
     assert fixed.portfolio == [Recipe("rbf", False, False)]
     assert len(BayesianStrategy(space, objectives, kernel="matern").portfolio) == 4  # P3HT: fractions
-    assert BayesianStrategy(space, objectives).early == Recipe("matern", False, False)
+    assert BayesianStrategy(space, objectives).early == Recipe("matern", True, False)
     with pytest.raises(ValueError, match="kernel must be auto or one of matern, rbf"):
         BayesianStrategy(space, objectives, kernel="linear")
     with pytest.raises(ValueError, match="warp_outputs must be auto, true or false"):
