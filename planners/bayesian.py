@@ -117,8 +117,8 @@ class BayesianStrategy:
     def __init__(self, space: DesignSpace, objectives: Sequence[Objective] = (), seed: int = 0,
                  constraints: Sequence[OutcomeConstraint] = (), n_init: int | None = None,
                  mc_samples: int = 128, num_restarts: int = 8, raw_samples: int = 256, steps: int = 60,
-                 warp_outputs: bool | str = "auto", warp_inputs: bool | str | None = None, acquisition: str = "qLogNEI",
-                 kernel: str = "auto", choose_from: int = 8, early: str = "matern+outwarp", margin: float = 3.0,
+                 warp_outputs: bool | str = True, warp_inputs: bool | str | None = None, acquisition: str = "qLogNEI",
+                 kernel: str = "matern", choose_from: int = 8, early: str = "matern+outwarp", margin: float = 3.0,
                  **_options: Any):
         if not objectives:
             raise ValueError("the Bayesian designer needs at least one objective")

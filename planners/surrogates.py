@@ -2,14 +2,17 @@
 
 A recipe is a GP kernel with its prior, whether the outputs are warped, and whether composition
 fractions are. No one recipe wins on every dataset (benchmarks/README.md, the suite): a rough Matérn
-kernel suits some pools, BoTorch's smooth RBF default others; warping a skewed output helps some
-and misleads others; warping fractions found P3HT's optimum sooner but kept the OPV blends' designer
-away from the simplex's edges, where their best blends lie. So the
-designer fits each recipe to the measurements and keeps the one whose leave-one-out predictions
-explain them best: the sum over measured points of log p(y_i | all other points), in measured units
-(the warp's Jacobian included), so warped and unwarped recipes compete on one scale. The LOO
-densities of an exact GP come in closed form from one Cholesky factor (Rasmussen & Williams 2006,
-§5.4.2); no refitting per held-out point.
+kernel suits some pools, BoTorch's smooth RBF default others; warping a skewed output helps some and
+misleads others; warping fractions found P3HT's optimum sooner but kept the OPV blends' designer
+away from the simplex's edges, where their best blends lie.
+
+So the designer fits each recipe its options leave open and keeps the one whose leave-one-out
+predictions explain the measurements best: the sum over measured points of log p(y_i | the others),
+in measured units (the warp's Jacobian included), so warped and unwarped recipes compete on one
+scale. The LOO densities of an exact GP come in closed form from one Cholesky factor (Rasmussen &
+Williams 2006, §5.4.2). By default only fraction warping is left open, on pools of fractions:
+opening the kernel and the output warp too lost on three of four process pools of the suite's
+development half.
 
 Choosing costs a fit per recipe, so it is done at checkpoints of the number of measurements
 (geometric, every ~25 %) and the choice is kept between them; fits between checkpoints start from the

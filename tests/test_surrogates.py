@@ -77,7 +77,7 @@ def _p3ht() -> tuple[DesignSpace, list, np.ndarray]:
 
 def test_portfolio_choice_is_the_best_loo_density_and_a_rebuilt_designer_repeats_it() -> None:
     space, objectives, y = _p3ht()
-    fast = dict(mc_samples=32, seed=2)
+    fast = dict(mc_samples=32, seed=2, kernel="auto", warp_outputs="auto")  # the whole portfolio open
     history = [Observation(inputs=space.pool_inputs(i), pool_index=i, values={objectives[0].name: float(y[i])})
                 for i in range(0, 60, 5)]  # 12 measured: the checkpoint at 10 decides
     running = BayesianStrategy(space, objectives, **fast)
@@ -98,18 +98,42 @@ def test_portfolio_choice_is_the_best_loo_density_and_a_rebuilt_designer_repeats
                        space.fraction_dims if recipe.warp_inputs else [])
         scores[recipe.name] = loo_log_density(model).sum() + warp.log_jacobian(Y[:, 0].numpy(), 0).sum()
     plain = max((n for n in scores if "inwarp" not in n), key=scores.get)
-    expected = max((plain, plain + "+inwarp"), key=scores.get)  # input warping is tried on the best plain one
+    best = max((plain, plain + "+inwarp"), key=scores.get)  # input warping is tried on the best plain one
+    default = running.early.name
+    expected = best if scores[best] - scores[default] >= running.margin else default  # strong evidence only
     assert running.model_version.removeprefix("gp-").removesuffix("-12") == expected
     assert {r.name for r in running.portfolio} == {
         f"{k}{o}{i}" for k in ("matern", "rbf") for o in ("", "+outwarp") for i in ("", "+inwarp")}
+
+
+def test_the_default_recipe_is_left_only_on_strong_evidence() -> None:
+    """With an infinite margin the designer never leaves its default; with none it takes the best."""
+    space, objectives, y = _p3ht()
+    history = [Observation(inputs=space.pool_inputs(i), pool_index=i, values={objectives[0].name: float(y[i])})
+               for i in range(0, 40, 5)]  # 8 measured: the first checkpoint
+    open_ = dict(mc_samples=32, warp_inputs=False, kernel="auto", warp_outputs="auto")
+    stubborn = BayesianStrategy(space, objectives, margin=float("inf"), **open_)
+    stubborn.propose(history, 1, [])
+    assert stubborn.model_version == f"gp-{stubborn.early.name}-8"
+    eager = BayesianStrategy(space, objectives, margin=0.0, **open_)
+    eager.propose(history, 1, [])
+    X, Y = eager._training_data(history)
+    scores = {}
+    for recipe in eager.portfolio:
+        warp = OutputWarp(Y.numpy(), enabled=recipe.warp_outputs)
+        model = fit_gp(X, torch.as_tensor(warp.forward(Y.numpy())), recipe.kernel)
+        scores[recipe.name] = loo_log_density(model).sum() + warp.log_jacobian(Y[:, 0].numpy(), 0).sum()
+    assert eager.model_version == f"gp-{max(scores, key=scores.get)}-8"
 
 
 def test_fixed_options_shrink_the_portfolio_and_bad_ones_are_refused() -> None:
     space, objectives, _ = _p3ht()
     fixed = BayesianStrategy(space, objectives, kernel="rbf", warp_outputs=False, warp_inputs=False)
     assert fixed.portfolio == [Recipe("rbf", False, False)]
-    assert len(BayesianStrategy(space, objectives, kernel="matern").portfolio) == 4  # P3HT: fractions
-    assert BayesianStrategy(space, objectives).early == Recipe("matern", True, False)
+    assert len(BayesianStrategy(space, objectives, kernel="matern", warp_outputs="auto").portfolio) == 4
+    default = BayesianStrategy(space, objectives)  # on a blend pool only input warping is left open
+    assert default.portfolio == [Recipe("matern", True, False), Recipe("matern", True, True)]
+    assert default.early == Recipe("matern", True, False)
     with pytest.raises(ValueError, match="kernel must be auto or one of matern, rbf"):
         BayesianStrategy(space, objectives, kernel="linear")
     with pytest.raises(ValueError, match="warp_outputs must be auto, true or false"):
