@@ -301,6 +301,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--designers", action="append", metavar="NAMES", default=None,
                         help="comma list: athanor (the bayesian strategy), athanor:STRATEGY or a strategy "
                              "name, baybe, ax, botorch (a plain BoTorch GP with LogEI), random (exact curve); "
+                             "athanor[key=value;...] passes options to the strategy (e.g. athanor[kernel=rbf]); "
                              "a suffix @qB proposes B rows at a time, @qBxF with F batches in flight "
                              "(e.g. athanor@q4x2); default athanor,baybe,ax,random")
     parser.add_argument("--seed", type=int, default=0, help="base seed: each repeat's starting rows and designer seed derive from (seed, repeat); default 0")
