@@ -5,7 +5,8 @@
 
 Each dataset runs `optimizers.run_benchmark` (the Liang protocol: pool-based, duplicates averaged,
 the same 2 random starting rows for every designer, budget counting them). Text columns are
-categorical: they are one-hot encoded once, for every designer alike. Datasets run in parallel
+categorical: they are one-hot encoded once, for every designer alike (into OUT/encoded, not kept
+in git). Datasets run in parallel
 worker processes (one torch thread each). Writes OUT/<half>/<dataset>/bench.json and, when OUT is
 the default, rewrites that half's table between its markers in benchmarks/README.md.
 """
