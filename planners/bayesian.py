@@ -118,7 +118,7 @@ class BayesianStrategy:
                  constraints: Sequence[OutcomeConstraint] = (), n_init: int | None = None,
                  mc_samples: int = 128, num_restarts: int = 8, raw_samples: int = 256, steps: int = 60,
                  warp_outputs: bool | str = True, warp_inputs: bool | str | None = None, acquisition: str = "qLogNEI",
-                 kernel: str = "matern", choose_from: int = 8, early: str = "matern+outwarp", margin: float = 3.0,
+                 kernel: str = "matern", choose_from: int = 8, early: str | None = None, margin: float = 3.0,
                  **_options: Any):
         if not objectives:
             raise ValueError("the Bayesian designer needs at least one objective")
@@ -149,7 +149,12 @@ class BayesianStrategy:
         self.portfolio = [Recipe(k, wo, wi) for wi in ((False, True) if warp_inputs == "auto" else (warp_inputs,))
                           for k in (KERNELS if kernel == "auto" else (kernel,))
                           for wo in ((False, True) if warp_outputs == "auto" else (warp_outputs,))]
-        self.early = next((r for r in self.portfolio if r.name == early), self.portfolio[0])
+        names = [r.name for r in self.portfolio]
+        if early is not None and early not in names:
+            raise ValueError(f"designer.options.early must be one of the recipes the options leave open "
+                             f"({', '.join(names)}), not {early!r}")
+        self.early = self.portfolio[names.index(early or "matern+outwarp")] if (early or "matern+outwarp") in names \
+            else self.portfolio[0]
         self.choose_from = max(int(choose_from), 3)
         self.margin = float(margin)
         self._choice: tuple[bytes, Recipe, Any, OutputWarp] | None = None  # the last checkpoint's

@@ -140,3 +140,6 @@ def test_fixed_options_shrink_the_portfolio_and_bad_ones_are_refused() -> None:
         BayesianStrategy(space, objectives, warp_outputs="sometimes")
     with pytest.raises(ValueError, match="warp_inputs must be auto, true or false"):
         BayesianStrategy(space, objectives, warp_inputs="yes please")
+    with pytest.raises(ValueError, match=r"early must be one of the recipes the options leave open \(rbf"):
+        BayesianStrategy(space, objectives, kernel="rbf", early="matern+outwarp")
+    assert BayesianStrategy(space, objectives, warp_outputs=False).early == Recipe("matern", False, False)
