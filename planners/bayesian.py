@@ -153,8 +153,8 @@ class BayesianStrategy:
         if early is not None and early not in names:
             raise ValueError(f"designer.options.early must be one of the recipes the options leave open "
                              f"({', '.join(names)}), not {early!r}")
-        self.early = self.portfolio[names.index(early or "matern+outwarp")] if (early or "matern+outwarp") in names \
-            else self.portfolio[0]
+        wanted = early or "matern+outwarp"
+        self.early = self.portfolio[names.index(wanted)] if wanted in names else self.portfolio[0]
         self.choose_from = max(int(choose_from), 3)
         self.margin = float(margin)
         self._choice: tuple[bytes, Recipe, Any, OutputWarp] | None = None  # the last checkpoint's
